@@ -1,0 +1,123 @@
+"""Configuration of the synthetic multi-camera pedestrian world."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from cion_ray.errors import ConfigError
+
+
+@dataclass
+class DetNoiseConfig:
+    """How det.txt departs from the ground truth.
+
+    A gt box is missed with probability `miss_rate + occlusion_miss * (1 - visibility)`
+    (always when shorter than `min_height` px); a kept box has each edge moved by
+    N(0, jitter * box size); `fp_per_frame` false positives per frame on average
+    (Poisson). Scores: N(score_mean - 0.3 * (1 - visibility), score_std) for true
+    boxes, U(fp_score_min, fp_score_max) for false ones, all clipped to [0.05, 1].
+    """
+
+    miss_rate: float = 0.04
+    occlusion_miss: float = 0.5
+    min_height: float = 14.0
+    jitter: float = 0.03
+    fp_per_frame: float = 0.15
+    score_mean: float = 0.85
+    score_std: float = 0.07
+    fp_score_min: float = 0.3
+    fp_score_max: float = 0.65
+
+    def __post_init__(self):
+        for name in ("miss_rate", "occlusion_miss"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"det.{name} must be in [0, 1], got {v}")
+        if self.jitter < 0 or self.fp_per_frame < 0 or self.score_std < 0 or self.min_height < 0:
+            raise ConfigError("det.jitter, det.fp_per_frame, det.score_std and det.min_height must be >= 0")
+        if not 0.0 <= self.fp_score_min <= self.fp_score_max <= 1.0:
+            raise ConfigError("det.fp_score_min <= det.fp_score_max must lie in [0, 1]")
+
+
+@dataclass
+class ReidSplitConfig:
+    """The Market-1501 style split, built from identities that never appear in the videos."""
+
+    train_identities: int = 16
+    test_identities: int = 16
+    min_cameras: int = 2
+    max_cameras: int = 4
+    images_per_camera: int = 3
+
+    def __post_init__(self):
+        if self.train_identities < 0 or self.test_identities < 0:
+            raise ConfigError("reid identity counts must be >= 0")
+        if self.min_cameras < 1 or self.max_cameras < self.min_cameras:
+            raise ConfigError("reid cameras: need 1 <= min_cameras <= max_cameras")
+        if self.images_per_camera < 1:
+            raise ConfigError("reid.images_per_camera must be >= 1")
+
+
+@dataclass
+class SynthConfig:
+    """The world: `videos` videos of `frames` frames, each by one of `cameras` cameras,
+    showing `identities` people, each in `min_videos_per_identity`..`max_videos_per_identity`
+    videos, mostly within `locality` of a home position in the video order and with
+    probability `far_prob` anywhere."""
+
+    videos: int = 12
+    identities: int = 60
+    frames: int = 200
+    width: int = 320
+    height: int = 240
+    fps: float = 25.0
+    cameras: int = 6
+    seed: int = 0
+    min_videos_per_identity: int = 2
+    max_videos_per_identity: int = 3
+    locality: int = 2
+    far_prob: float = 0.15
+    reentry_prob: float = 0.12
+    det: DetNoiseConfig = field(default_factory=DetNoiseConfig)
+    reid: ReidSplitConfig = field(default_factory=ReidSplitConfig)
+
+    def __post_init__(self):
+        if self.videos < 1:
+            raise ConfigError(f"videos must be >= 1, got {self.videos}")
+        if self.identities < 1:
+            raise ConfigError(f"identities must be >= 1, got {self.identities}")
+        if self.frames < 1:
+            raise ConfigError(f"frames must be >= 1, got {self.frames}")
+        if self.width < 64 or self.height < 64 or self.width % 2 or self.height % 2:
+            raise ConfigError(f"frame size must be even and at least 64x64, got {self.width}x{self.height}")
+        if not 1 <= self.cameras <= 9:
+            raise ConfigError(f"cameras must be in 1..9 (Market-1501 names use one digit), got {self.cameras}")
+        if not 1 <= self.min_videos_per_identity <= self.max_videos_per_identity:
+            raise ConfigError("need 1 <= min_videos_per_identity <= max_videos_per_identity")
+        if self.fps <= 0:
+            raise ConfigError(f"fps must be > 0, got {self.fps}")
+        if not 0 <= self.far_prob <= 1 or not 0 <= self.reentry_prob <= 1:
+            raise ConfigError("far_prob and reentry_prob must be in [0, 1]")
+        if self.locality < 1:
+            raise ConfigError(f"locality must be >= 1, got {self.locality}")
+        if self.reid.train_identities + self.reid.test_identities > 0 and self.reid.min_cameras > self.cameras:
+            raise ConfigError(f"reid.min_cameras ({self.reid.min_cameras}) exceeds the number of cameras ({self.cameras})")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
+
+
+PRESETS: dict[str, dict] = {
+    # the demo world: a few minutes end to end on 2 cores
+    "default": {},
+    # for unit tests: seconds
+    "tiny": dict(videos=4, identities=14, frames=60, cameras=3,
+                 reid=ReidSplitConfig(train_identities=4, test_identities=5, max_cameras=3, images_per_camera=2)),
+    # for benchmarks: more, longer, larger videos
+    "bench": dict(videos=32, identities=200, frames=400, width=480, height=360, cameras=8,
+                  reid=ReidSplitConfig(train_identities=50, test_identities=50)),
+}
+
+
+def preset(name: str, **overrides) -> SynthConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return replace(SynthConfig(**PRESETS[name]), **overrides)

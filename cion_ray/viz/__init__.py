@@ -1,0 +1,1 @@
+"""Pictures a person looks at: contact sheets of person crops."""
