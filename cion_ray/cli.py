@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 
 from cion_ray.errors import CionError
 
@@ -13,11 +12,8 @@ def _synth(args: argparse.Namespace) -> int:
     from cion_ray.config import load_config
     from cion_ray.synth import SynthConfig, generate_world, preset
 
-    base = preset(args.preset)
-    cfg = load_config(SynthConfig, args.config, args.set, base=base)
-    direct = {k: getattr(args, k) for k in ("videos", "identities", "frames", "seed", "cameras", "width", "height")
-              if getattr(args, k) is not None}
-    cfg = replace(cfg, **direct)
+    direct = {k: getattr(args, k) for k in ("videos", "identities", "frames", "seed", "cameras", "width", "height")}
+    cfg = load_config(SynthConfig, args.config, args.set, base=preset(args.preset), values=direct)
     s = generate_world(cfg, args.out, workers=args.workers, force=args.force)
     print(f"world: {s.out}  ({'reused' if s.reused else f'generated in {s.seconds:.1f}s'})")
     print(f"  videos:      {s.out / 'videos'}  ({s.videos} videos, {s.frames} frames)")
@@ -28,6 +24,54 @@ def _synth(args: argparse.Namespace) -> int:
           f"{r['bounding_box_train']['images']} images; query {r['query']['images']}; "
           f"gallery {r['bounding_box_test']['images']}; {r['bounding_box_test']['cameras']} cameras)")
     print(f"  preview:     {s.out / 'preview.png'}")
+    return 0
+
+
+def add_track_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--videos", required=True, help="folder or s3:// prefix of videos (or one video file)")
+    s.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    s.add_argument("--detector", choices=["yolo", "mot-det"], help="yolo (with --weights) or mot-det (with --mot)")
+    s.add_argument("--weights", help="YOLO weights: .pt path or s3:// URI (or a model .yaml: untrained)")
+    s.add_argument("--mot", help="folder or s3:// prefix with <video_id>/det.txt public detections")
+    s.add_argument("--gt", help="folder with <video_id>/gt.txt for the quality report (default: --mot)")
+    s.add_argument("--tracker", choices=["bytetrack", "botsort"])
+    s.add_argument("--actors", type=int, help="detector+tracker actors in the pool")
+    s.add_argument("--cpus-per-actor", type=float)
+    s.add_argument("--gpus-per-actor", type=float, help="GPUs per actor (default: 1 with yolo when GPUs exist)")
+    s.add_argument("--chunk-frames", type=int, help="split videos longer than this into chunks (0: never)")
+    s.add_argument("--overlap", type=int, help="frames shared by adjacent chunks, for stitching")
+    s.add_argument("--frame-step", type=int, help="track every n-th frame")
+    s.add_argument("--target-fps", type=float, help="track at about this frame rate (overrides --frame-step)")
+    s.add_argument("--overwrite", action="store_true", help="discard what is committed in --out first")
+    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
+    s.add_argument("--config", help="YAML file with TrackConfig fields")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+
+
+def track_config_from_args(args: argparse.Namespace):
+    from cion_ray.config import load_config
+    from cion_ray.tracking.config import TrackConfig
+
+    direct = {"videos": args.videos, "out": args.out, "gt": args.gt, "detector.kind": args.detector,
+              "detector.weights": args.weights, "detector.mot": args.mot, "tracker.kind": args.tracker,
+              "pool.actors": args.actors, "pool.cpus_per_actor": args.cpus_per_actor,
+              "pool.gpus_per_actor": args.gpus_per_actor, "chunks.frames": args.chunk_frames,
+              "chunks.overlap": args.overlap, "chunks.frame_step": args.frame_step,
+              "chunks.target_fps": args.target_fps}
+    if args.weights and not args.detector:
+        direct["detector.kind"] = "yolo"
+    return load_config(TrackConfig, args.config, args.set, values=direct)
+
+
+def _track(args: argparse.Namespace) -> int:
+    from cion_ray.runtime.track import run_track
+
+    cfg = track_config_from_args(args)
+    r = run_track(cfg, overwrite=args.overwrite, address=args.address)
+    print(f"tracked {len(r.videos_done)} videos ({r.frames} frames) in {r.seconds:.1f}s: {r.tracklets} tracklets, "
+          f"{r.crops} crops; {len(r.videos_skipped_finished)} already done; {len(r.skipped)} skipped")
+    print(f"  output:  {r.out}  (read it through {r.out}/_manifest.json)")
+    print(f"  report:  {r.out}/report.txt")
     return 0
 
 
@@ -51,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set det.miss_rate=0.1 (repeatable)")
     s.set_defaults(func=_synth)
+
+    t = sub.add_parser("track", help="detect and track people in videos; write person crops to Parquet")
+    add_track_args(t)
+    t.set_defaults(func=_track)
     return p
 
 

@@ -88,6 +88,20 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+def set_path(data: dict, key: str, value: Any) -> dict:
+    """A copy of nested dict `data` with dotted `key` set to `value`."""
+    out = dict(data)
+    node = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        child = node.get(p)
+        child = dict(child) if isinstance(child, dict) else {}
+        node[p] = child
+        node = child
+    node[parts[-1]] = value
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b=c` overrides to a nested dict (values parsed as YAML scalars)."""
     out = dict(data)
@@ -95,21 +109,18 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            child = node.get(p)
-            child = dict(child) if isinstance(child, dict) else {}
-            node[p] = child
-            node = child
-        node[parts[-1]] = value
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        out = set_path(out, key, value)
     return out
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
-                base: T | None = None) -> T:
-    """Load `cls` from defaults (or `base`), an optional YAML file, then overrides."""
+                base: T | None = None, values: dict[str, Any] | None = None) -> T:
+    """Load `cls` from defaults (or `base`), an optional YAML file, typed `values` by dotted key
+    (command-line flags; None values are ignored), then `a.b=c` overrides."""
     data = to_dict(base) if base is not None else to_dict(cls())
     if path is not None:
         p = Path(path)
@@ -122,6 +133,9 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
         data = _merge(data, loaded)
+    for key, value in (values or {}).items():
+        if value is not None:
+            data = set_path(data, key, value)
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data, cls.__name__)
 

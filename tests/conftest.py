@@ -1,13 +1,56 @@
 """Shared fixtures: synthetic worlds generated once per test session."""
 from __future__ import annotations
 
+import logging
 import os
+import socket
 
 import pytest
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.pop("RAY_ADDRESS", None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# S3 in tests is always a moto server on loopback. Set before Ray starts so its workers see it too.
+S3_PORT = _free_port()
+os.environ["AWS_ENDPOINT_URL"] = f"http://127.0.0.1:{S3_PORT}"
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+for _k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+    os.environ.pop(_k, None)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 endpoint (moto's server mode) on loopback for the whole session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=S3_PORT, verbose=False)
+    server.start()
+    yield os.environ["AWS_ENDPOINT_URL"]
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance (2 CPUs) shared by every test that needs Ray."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1 << 30,
+             logging_level=logging.WARNING)
+    ctx = ray.data.DataContext.get_current()
+    ctx.wait_for_min_actors_s = 300
+    ctx.enable_progress_bars = False
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="session")

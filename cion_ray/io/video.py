@@ -36,17 +36,18 @@ def _pick_codec(preferred: str) -> str:
 
 
 def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 25.0,
-                codec: str = "libx264", crf: int = 18) -> int:
+                codec: str = "libx264", crf: int = 18, faststart: bool = False) -> int:
     """Encode RGB frames to `path` (mp4). Writes to a temporary name, then renames.
 
-    Encoding is single-threaded so the same frames give the same bytes.
-    Returns the number of frames written.
+    Encoding is single-threaded so the same frames give the same bytes. `faststart`
+    puts the index first (streamable). Returns the number of frames written.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.partial")
     codec = _pick_codec(codec)
     n = 0
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    opts = {"movflags": "faststart"} if faststart else {}
+    with av.open(str(tmp), mode="w", format="mp4", options=opts) as container:
         stream = None
         for img in frames:
             if stream is None:
@@ -85,7 +86,7 @@ def probe_video(source: str | Path | BinaryIO, name: str | None = None) -> Video
     name = name or str(source)
     with _open(source, name) as c:
         if not c.streams.video:
-            raise CionError(f"{name}: no video stream")
+            raise CionError(f"{name}: no video stream (an empty or zero-frame file)")
         s = c.streams.video[0]
         fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
         frames = int(s.frames or 0)

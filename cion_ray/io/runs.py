@@ -1,0 +1,58 @@
+"""Stage outputs committed by manifest.
+
+A stage writes its Parquet files under `<out>/<table>/run-<id>/`, then
+publishes `<out>/_manifest.json` listing the files of every committed run and
+the units (videos) they cover. Readers read only the listed files, so an
+interrupted run's files are never seen; a re-run skips committed units. The
+manifest is replaced atomically (rename locally, a single PUT on S3).
+"""
+from __future__ import annotations
+
+import secrets
+import time
+
+from cion_ray.errors import CionError
+from cion_ray.io import fs
+
+MANIFEST = "_manifest.json"
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def load_manifest(out: str, stage: str) -> dict | None:
+    uri = fs.join(out, MANIFEST)
+    if not fs.exists(uri):
+        return None
+    m = fs.read_json(uri)
+    if m.get("stage") != stage:
+        raise CionError(f"{out}: holds the output of stage {m.get('stage')!r}, not {stage!r}")
+    return m
+
+
+def empty_manifest(stage: str, fingerprint: str, config: dict) -> dict:
+    return {"format": "cion-ray-manifest/1", "stage": stage, "fingerprint": fingerprint, "config": config,
+            "runs": [], "units": {}}
+
+
+def check_fingerprint(m: dict, fingerprint: str, out: str) -> None:
+    if m["fingerprint"] != fingerprint:
+        raise CionError(f"{out}: was written with a different configuration (fingerprint {m['fingerprint']}, "
+                        f"now {fingerprint}); use a new output location or --overwrite")
+
+
+def commit(out: str, m: dict, run: dict, units: dict[str, dict]) -> None:
+    """Add a finished run (its files) and its units, then publish the manifest."""
+    m = dict(m)
+    m["runs"] = list(m["runs"]) + [run]
+    m["units"] = {**m["units"], **units}
+    fs.write_json(fs.join(out, MANIFEST), m)
+
+
+def committed_files(out: str, stage: str) -> list[str]:
+    """The Parquet files of every committed run, as URIs."""
+    m = load_manifest(out, stage)
+    if m is None:
+        raise CionError(f"{out}: no committed {stage} output here (no {MANIFEST})")
+    return [fs.join(out, f) for r in m["runs"] for f in r["files"]]

@@ -1,0 +1,1 @@
+"""The Ray layer: the only package that imports Ray. Each module wraps a pure stage."""

@@ -1,0 +1,320 @@
+"""The tracking stage on Ray Data.
+
+manifest of video chunks -> map_batches over a pool of detector+tracker actors -> crops Parquet,
+committed by manifest. Videos tracked as one chunk are finished inside the actor; chunks of
+long videos are written raw, stitched per video (groupby), and relabelled in a second pass.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Iterator
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from cion_ray.config import from_dict
+from cion_ray.errors import CionError
+from cion_ray.io import fs, runs
+from cion_ray.io.schemas import CROPS
+from cion_ray.io.video import iter_frames
+from cion_ray.runtime.session import RunLedger, cluster_gpus, ensure_ray, parallel_map
+from cion_ray.tracking.config import TrackConfig
+from cion_ray.tracking.detectors import check_weights
+from cion_ray.tracking.local import make_detector
+from cion_ray.tracking.manifest import Chunk, VideoEntry, list_videos, plan_chunks, probe_entry, video_id_of
+from cion_ray.tracking.output import final_table, raw_table, relabel_table
+from cion_ray.tracking.report import write_quality_report
+from cion_ray.tracking.stitch import stitch_group
+from cion_ray.tracking.tracker import chunk_frames, prefetch, process_chunk
+
+STAGE = "track"
+ROWS_PER_BLOCK = 2048
+
+
+def _log(msg: str) -> None:
+    print(f"[track] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class TrackResult:
+    out: str
+    run_id: str | None
+    videos_done: list[str] = field(default_factory=list)
+    videos_skipped_finished: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    crops: int = 0
+    tracklets: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    report: dict | None = None
+
+
+def _scalar(v):
+    return v.item() if hasattr(v, "item") else v
+
+
+class TrackActor:
+    """Holds a detector (the YOLO model is loaded once) and tracks the chunks it is given."""
+
+    def __init__(self, cfg: dict, mode: str, ledger, use_gpu: bool):
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        self.cfg = from_dict(TrackConfig, cfg)
+        self.mode = mode
+        self.ledger = ledger
+        device = "cpu"
+        if use_gpu:
+            import torch
+            device = "cuda:0" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.yolo = make_detector(self.cfg, "", device) if self.cfg.detector.kind == "yolo" else None
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
+        for i in range(len(batch["video_id"])):
+            chunk = Chunk(**{k: _scalar(batch[k][i]) for k in Chunk.__dataclass_fields__})
+            yield from self._one(chunk)
+
+    def _one(self, chunk: Chunk) -> Iterator[pa.Table]:
+        where = {"video_id": chunk.video_id, "chunk": chunk.chunk}
+        try:
+            detect = make_detector(self.cfg, chunk.video_id, self.device, self.yolo)
+            for p in getattr(detect, "problems", [])[:20]:
+                self.ledger.record.remote({**where, "warning": p})
+            if getattr(detect, "problems", None) and len(detect.problems) > 20:
+                self.ledger.record.remote({**where, "warning": f"... {len(detect.problems) - 20} more malformed lines"})
+            frames = prefetch(chunk_frames(chunk, lambda: fs.open_input(chunk.uri), iter_frames))
+            res = process_chunk(chunk, frames, detect, self.cfg.tracker, self.cfg.crops, self.cfg.detector.batch)
+        except CionError as e:
+            self.ledger.record.remote({**where, "error": str(e)})
+            return
+        except Exception as e:  # keep the other videos going; the report carries the traceback's last line
+            self.ledger.record.remote({**where, "error": f"{chunk.uri}: internal error {type(e).__name__}: {e}",
+                                       "traceback": traceback.format_exc(limit=5)})
+            return
+        if self.mode == "final":
+            table = final_table(chunk, res, self.cfg.crops.min_track_len)
+            tracklets = len(set(table.column("track_id").to_pylist()))
+        else:
+            table = raw_table(chunk, res)
+            tracklets = -1
+        fps = res.frames_decoded / res.seconds if res.seconds else 0.0
+        owned = len(range(-(-chunk.own_start // chunk.step) * chunk.step, chunk.stop, chunk.step))
+        self.ledger.record.remote({**where, "done": True, "frames": owned, "rows": table.num_rows,
+                                   "tracklets": tracklets, "detections": res.detections, "seconds": res.seconds})
+        _log(f"{chunk.video_id} chunk {chunk.chunk + 1}/{chunk.n_chunks}: {res.frames_decoded} frames, "
+             f"{res.detections} detections, {table.num_rows} rows, {fps:.0f} frames/s")
+        for b in table.to_batches(max_chunksize=ROWS_PER_BLOCK):
+            yield pa.Table.from_batches([b], schema=table.schema)
+
+
+def _probe(args: tuple[str, str]) -> dict:
+    uri, det_uri = args
+    try:
+        e = probe_entry(uri)
+        if det_uri and not fs.exists(det_uri):
+            return {"uri": uri, "error": f"{uri}: no detections file {det_uri}"}
+        return {"entry": e.to_json()}
+    except CionError as err:
+        return {"uri": uri, "error": str(err)}
+
+
+def _pool_kwargs(cfg: TrackConfig, use_gpu: bool) -> dict:
+    return dict(
+        compute=ray.data.ActorPoolStrategy(size=cfg.pool.actors),
+        num_cpus=cfg.pool.cpus_per_actor,
+        num_gpus=cfg.pool.gpus_per_actor if use_gpu else 0,
+        batch_size=1,
+        batch_format="numpy",
+    )
+
+
+def _chunk_dataset(chunks: list[Chunk]):
+    return ray.data.from_items([c.to_row() for c in chunks], override_num_blocks=max(1, len(chunks)))
+
+
+def _rel(out: str, uris: list[str]) -> list[str]:
+    base = out.rstrip("/") + ("/" if fs.is_remote(out) else os.sep)
+    if not fs.is_remote(out):
+        base = os.path.abspath(out).rstrip(os.sep) + os.sep
+    return [u[len(base):] if u.startswith(base) else u for u in uris]
+
+
+def _write(ds, uri: str) -> list[str]:
+    pa_fs, path = fs.arrow_fs(uri)
+    ds.write_parquet(path, filesystem=pa_fs, min_rows_per_file=50_000)
+    try:
+        return fs.list_files(uri, (".parquet",))
+    except CionError:
+        return []  # nothing was written: no rows
+
+
+def _stitch_multi(cfg: TrackConfig, chunks: list[Chunk], raw_uri: str, out_uri: str, failed: set[str]
+                  ) -> tuple[list[str], dict[str, dict]]:
+    """Stitch raw chunk outputs per video, relabel, write final rows. Returns files and per-video counts."""
+    own = {(c.video_id, c.chunk): c.own_start for c in chunks}
+    pa_fs, path = fs.arrow_fs(raw_uri)
+    if not fs.exists(raw_uri) or not fs.list_files(raw_uri, (".parquet",)):
+        return [], {}
+    cols = ["video_id", "chunk", "frame", "track_id", "x1", "y1", "x2", "y2"]
+    min_len = cfg.crops.min_track_len
+
+    def per_video(b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        vid = str(b["video_id"][0])
+        boxes = np.stack([b["x1"], b["y1"], b["x2"], b["y2"]], axis=1)
+        starts = {int(c): own[(vid, int(c))] for c in np.unique(b["chunk"])}
+        return stitch_group(vid, b["chunk"], b["frame"], b["track_id"], boxes, starts, min_len)
+
+    boxes_ds = ray.data.read_parquet(path, filesystem=pa_fs, columns=cols)
+    n_videos = len({c.video_id for c in chunks})
+    mapping_rows = boxes_ds.groupby("video_id", num_partitions=max(1, min(n_videos, 32))).map_groups(
+        per_video, batch_format="numpy").take_all()
+    ids = {(r["video_id"], int(r["chunk"]), int(r["track_id"])): int(r["final_id"])
+           for r in mapping_rows if r["video_id"] not in failed}
+    counts = {r["video_id"]: {"rows": int(r["crops"]), "tracklets": int(r["tracklets"])}
+              for r in mapping_rows if r["video_id"] not in failed}
+
+    def relabel(t: pa.Table) -> pa.Table:
+        return relabel_table(t, ids, own)
+
+    ds = ray.data.read_parquet(path, filesystem=pa_fs).map_batches(relabel, batch_format="pyarrow")
+    return _write(ds, out_uri), counts
+
+
+def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = None,
+              log: Callable[[str], None] = _log) -> TrackResult:
+    """Track every video under cfg.videos not yet committed in cfg.out; commit; report quality."""
+    t0 = time.perf_counter()
+    if not cfg.videos or not cfg.out:
+        raise CionError("tracking needs an input (--videos) and an output (--out)")
+    if cfg.detector.kind == "yolo":
+        check_weights(cfg.detector.weights)
+    elif not cfg.detector.mot:
+        raise CionError("the mot-det detector needs --mot DIR (a folder with <video_id>/det.txt)")
+    elif not fs.exists(cfg.detector.mot):
+        raise CionError(f"{cfg.detector.mot}: not found (the --mot folder of detections)")
+    out = cfg.out
+    fs.makedirs(out)
+    if overwrite:
+        for sub in (runs.MANIFEST, "crops", "_tmp", "report.json", "report.txt"):
+            fs.remove_tree(fs.join(out, sub))
+    m = runs.load_manifest(out, STAGE)
+    if m is not None:
+        runs.check_fingerprint(m, cfg.fingerprint(), out)
+    else:
+        m = runs.empty_manifest(STAGE, cfg.fingerprint(), asdict(cfg))
+    done_before = set(m["units"])
+    uris = list_videos(cfg.videos)
+    todo = [u for u in uris if video_id_of(u) not in done_before]
+    result = TrackResult(out=out, run_id=None,
+                         videos_skipped_finished=sorted(video_id_of(u) for u in uris if u not in todo))
+    if result.videos_skipped_finished:
+        log(f"{len(result.videos_skipped_finished)} of {len(uris)} videos already committed in {out}; skipping them")
+    if todo:
+        ensure_ray(address)
+        _track_videos(cfg, todo, m, result, log)
+    gt_root = cfg.gt or (cfg.detector.mot if cfg.detector.kind == "mot-det" else "")
+    m = runs.load_manifest(out, STAGE) or m
+    result.report = write_quality_report(out, m, gt_root, skipped=result.skipped, warnings=result.warnings,
+                                         log=log)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _track_videos(cfg: TrackConfig, todo: list[str], m: dict, result: TrackResult, log) -> None:
+    out = cfg.out
+    if cfg.pool.gpus_per_actor < 0:
+        auto = 1.0 if cfg.detector.kind == "yolo" and cluster_gpus() >= 1 else 0.0
+        cfg = replace(cfg, pool=replace(cfg.pool, gpus_per_actor=auto))
+    use_gpu = cfg.pool.gpus_per_actor > 0
+    if use_gpu and cluster_gpus() < cfg.pool.gpus_per_actor:
+        raise CionError(f"{cfg.pool.gpus_per_actor} GPU(s) per actor asked for, but the Ray cluster has "
+                        f"{cluster_gpus():g}; use --gpus-per-actor 0 to run on CPUs")
+    det_uri = (lambda u: fs.join(cfg.detector.mot, video_id_of(u), "det.txt")) if cfg.detector.kind == "mot-det" \
+        else (lambda u: "")
+    log(f"probing {len(todo)} videos")
+    probed = parallel_map(_probe, [(u, det_uri(u)) for u in todo])
+    entries = []
+    for p in probed:
+        if "error" in p:
+            result.skipped.append({"video_id": video_id_of(p["uri"]), "reason": p["error"]})
+            log(f"skipping {p['error']}")
+        else:
+            entries.append(VideoEntry(**p["entry"]))
+    chunks = [c for e in entries for c in plan_chunks(e, cfg.chunks.frames, cfg.chunks.overlap,
+                                                      cfg.chunks.step_for(e.fps))]
+    if not chunks:
+        log("nothing to track")
+        return
+    run_id = runs.new_run_id()
+    result.run_id = run_id
+    single = [c for c in chunks if c.n_chunks == 1]
+    multi = [c for c in chunks if c.n_chunks > 1]
+    log(f"run {run_id}: {len(entries)} videos, {len(chunks)} chunks ({len(multi)} in {len({c.video_id for c in multi})}"
+        f" long videos), {cfg.pool.actors} actor(s), detector {cfg.detector.kind}, tracker {cfg.tracker.kind}")
+    ledger = RunLedger.remote()
+    cfg_dict = asdict(cfg)
+    run_dir = fs.join(out, "crops", f"run-{run_id}")
+    tmp_dir = fs.join(out, "_tmp", run_id)
+    files: list[str] = []
+    if single:
+        ds = _chunk_dataset(single).map_batches(
+            TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="final", ledger=ledger, use_gpu=use_gpu),
+            **_pool_kwargs(cfg, use_gpu))
+        files += _write(ds, fs.join(run_dir, "single"))
+    multi_counts: dict[str, dict] = {}
+    events = ray.get(ledger.events.remote())
+    if multi:
+        ds = _chunk_dataset(multi).map_batches(
+            TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="raw", ledger=ledger, use_gpu=use_gpu),
+            **_pool_kwargs(cfg, use_gpu))
+        _write(ds, fs.join(tmp_dir, "raw"))
+        events = ray.get(ledger.events.remote())
+        failed_now = {e["video_id"] for e in events if "error" in e}
+        log(f"stitching {len({c.video_id for c in multi})} chunked videos")
+        more, multi_counts = _stitch_multi(cfg, multi, fs.join(tmp_dir, "raw"), fs.join(run_dir, "stitched"),
+                                           failed_now)
+        files += more
+    failed: dict[str, str] = {}
+    for e in events:
+        if "error" in e:
+            failed.setdefault(e["video_id"], e["error"])
+        if "warning" in e:
+            result.warnings.append(e["warning"])
+    for vid, reason in failed.items():
+        result.skipped.append({"video_id": vid, "reason": reason})
+        log(f"skipped {reason}")
+    units: dict[str, dict] = {}
+    n_chunks = {}
+    for c in chunks:
+        n_chunks[c.video_id] = c.n_chunks
+    done_chunks: dict[str, list[dict]] = {}
+    for e in events:
+        if e.get("done"):
+            done_chunks.setdefault(e["video_id"], []).append(e)
+    for vid, evs in done_chunks.items():
+        if vid in failed or len(evs) != n_chunks[vid]:
+            continue
+        frames = sum(e["frames"] for e in evs)
+        if n_chunks[vid] == 1:
+            rows, tracklets = evs[0]["rows"], evs[0]["tracklets"]
+        else:
+            c = multi_counts.get(vid, {"rows": 0, "tracklets": 0})
+            rows, tracklets = c["rows"], c["tracklets"]
+        units[vid] = {"run": run_id, "frames": frames, "crops": rows, "tracklets": tracklets,
+                      "detections": sum(e["detections"] for e in evs)}
+    run = {"run_id": run_id, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _rel(out, files),
+           "videos": sorted(units)}
+    runs.commit(out, m, run, units)
+    fs.remove_tree(tmp_dir)
+    result.videos_done = sorted(units)
+    result.crops = sum(u["crops"] for u in units.values())
+    result.tracklets = sum(u["tracklets"] for u in units.values())
+    result.frames = sum(u["frames"] for u in units.values())
+    log(f"committed run {run_id}: {len(units)} videos, {result.frames} frames, {result.tracklets} tracklets, "
+        f"{result.crops} crops -> {fs.join(out, runs.MANIFEST)}")
+
