@@ -13,7 +13,6 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     `ray job submit`), else start a local instance. A no-op when Ray is already initialised."""
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

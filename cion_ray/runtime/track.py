@@ -10,6 +10,7 @@ import os
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Iterator
 
@@ -22,7 +23,7 @@ from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
 from cion_ray.io.schemas import CROPS
 from cion_ray.io.video import iter_frames
-from cion_ray.runtime.session import RunLedger, cluster_gpus, ensure_ray, parallel_map
+from cion_ray.runtime.session import RunLedger, cluster_gpus, ensure_ray
 from cion_ray.tracking.config import TrackConfig
 from cion_ray.tracking.detectors import check_weights
 from cion_ray.tracking.local import make_detector
@@ -30,7 +31,7 @@ from cion_ray.tracking.manifest import Chunk, VideoEntry, list_videos, plan_chun
 from cion_ray.tracking.output import final_table, raw_table, relabel_table
 from cion_ray.tracking.report import write_quality_report
 from cion_ray.tracking.stitch import stitch_group
-from cion_ray.tracking.tracker import chunk_frames, prefetch, process_chunk
+from cion_ray.tracking.tracker import chunk_frames, make_tracker, prefetch, process_chunk
 
 STAGE = "track"
 ROWS_PER_BLOCK = 2048
@@ -52,6 +53,7 @@ class TrackResult:
     tracklets: int = 0
     frames: int = 0
     seconds: float = 0.0
+    busy_seconds: float = 0.0  # summed time actors spent tracking chunks (decode + detect + track + crops)
     report: dict | None = None
 
 
@@ -73,6 +75,7 @@ class TrackActor:
             device = "cuda:0" if torch.cuda.is_available() else "cpu"
         self.device = device
         self.yolo = make_detector(self.cfg, "", device) if self.cfg.detector.kind == "yolo" else None
+        make_tracker(self.cfg.tracker)  # import the tracker code now, not inside the first chunk's timing
 
     def __call__(self, batch: dict[str, np.ndarray]) -> Iterator[pa.Table]:
         for i in range(len(batch["video_id"])):
@@ -146,7 +149,8 @@ def _rel(out: str, uris: list[str]) -> list[str]:
 
 def _write(ds, uri: str) -> list[str]:
     pa_fs, path = fs.arrow_fs(uri)
-    ds.write_parquet(path, filesystem=pa_fs, min_rows_per_file=50_000)
+    # ~20-50 MB files; small enough that writing overlaps tracking instead of waiting for the end
+    ds.write_parquet(path, filesystem=pa_fs, min_rows_per_file=10_000)
     try:
         return fs.list_files(uri, (".parquet",))
     except CionError:
@@ -218,6 +222,8 @@ def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = N
         ensure_ray(address)
         _track_videos(cfg, todo, m, result, log)
     gt_root = cfg.gt or (cfg.detector.mot if cfg.detector.kind == "mot-det" else "")
+    if not cfg.quality_report:
+        gt_root = ""
     m = runs.load_manifest(out, STAGE) or m
     result.report = write_quality_report(out, m, gt_root, skipped=result.skipped, warnings=result.warnings,
                                          log=log)
@@ -237,7 +243,9 @@ def _track_videos(cfg: TrackConfig, todo: list[str], m: dict, result: TrackResul
     det_uri = (lambda u: fs.join(cfg.detector.mot, video_id_of(u), "det.txt")) if cfg.detector.kind == "mot-det" \
         else (lambda u: "")
     log(f"probing {len(todo)} videos")
-    probed = parallel_map(_probe, [(u, det_uri(u)) for u in todo])
+    # probing is I/O (headers, a few packets): threads on the driver beat task start-up
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        probed = list(pool.map(_probe, [(u, det_uri(u)) for u in todo]))
     entries = []
     for p in probed:
         if "error" in p:
@@ -311,6 +319,7 @@ def _track_videos(cfg: TrackConfig, todo: list[str], m: dict, result: TrackResul
            "videos": sorted(units)}
     runs.commit(out, m, run, units)
     fs.remove_tree(tmp_dir)
+    result.busy_seconds = sum(e.get("seconds", 0.0) for e in events if e.get("done"))
     result.videos_done = sorted(units)
     result.crops = sum(u["crops"] for u in units.values())
     result.tracklets = sum(u["tracklets"] for u in units.values())

@@ -107,6 +107,7 @@ class TrackConfig:
     videos: str = ""  # local folder or s3:// prefix (or a single video)
     out: str = ""  # local folder or s3:// prefix
     gt: str = ""  # folder with <video_id>/gt.txt for the quality report; defaults to detector.mot
+    quality_report: bool = True  # MOTA / IDF1 against gt.txt where it exists
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     crops: CropConfig = field(default_factory=CropConfig)

@@ -1,0 +1,1 @@
+"""Evaluation: clustering quality of identity assignments; ReID retrieval metrics."""

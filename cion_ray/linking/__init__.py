@@ -1,0 +1,1 @@
+"""L3 long-range cross-video linking: sliding ranges, linking relations, union-find, the reducer."""
