@@ -1,6 +1,8 @@
 """Configuration of the curation stage. Thresholds are cosine distances (d = 1 - cos) between
-L2-normalised embeddings; the defaults were chosen by measurement on the synthetic world with
-the hand-crafted embedder (see benchmarks/RESULTS.md, "curation thresholds")."""
+L2-normalised embeddings; the defaults were chosen by a grid search on synthetic worlds of two
+seeds with the hand-crafted embedder, maximising the worse of the two final pairwise F1 scores
+(benchmarks/tune_curation.py; results in benchmarks/RESULTS.md). Another embedder has another
+distance scale: tune them again for it."""
 from __future__ import annotations
 
 import hashlib
@@ -35,9 +37,9 @@ class DenoiseConfig:
     tracklet keeps at least); L2: `merge` (centroid distance under which tracklets of one video
     merge) and `margin` (how much closer another identity must be for a sample to move)."""
 
-    radius: float = 0.30
+    radius: float = 0.20
     min_len: int = 4
-    merge: float = 0.12
+    merge: float = 0.06
     margin: float = 0.05
 
     def __post_init__(self):
@@ -54,9 +56,9 @@ class LinkConfig:
 
     window: int = 6
     stride: int = 3
-    k: int = 3
-    threshold: float = 0.15
-    drift: float = 0.15
+    k: int = 2
+    threshold: float = 0.08
+    drift: float = 0.08
     min_images: int = 8
     use_gpu: bool = False
 
