@@ -23,6 +23,22 @@ CROPS = pa.schema([
     pa.field("crop", pa.binary(), nullable=False),  # JPEG bytes, resized to the configured height
 ])
 
+def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
+    """curate stage, embedding step: one row per crop with its L2-normalised embedding."""
+    value = pa.float16() if dtype == "float16" else pa.float32()
+    return pa.schema([
+        pa.field("crop_id", pa.string(), nullable=False),
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.int64(), nullable=False),
+        pa.field("frame", pa.int32(), nullable=False),
+        pa.field("x1", pa.float32(), nullable=False),
+        pa.field("y1", pa.float32(), nullable=False),
+        pa.field("x2", pa.float32(), nullable=False),
+        pa.field("y2", pa.float32(), nullable=False),
+        pa.field("embedding", pa.list_(value, dim), nullable=False),  # NaN where the crop was undecodable
+    ])
+
+
 # curate stage: one row per crop kept in the curated set
 IDENTITIES = pa.schema([
     pa.field("crop_id", pa.string(), nullable=False),

@@ -88,5 +88,8 @@ def reduce_relations(uf: UnionFind, relations: np.ndarray, videos: np.ndarray, s
         refused += ref
         for m, root in mapping.items():
             labels[m] = root
-    _, compact = np.unique(labels, return_inverse=True)
+    # name each component by its smallest member, so labels do not depend on union order
+    smallest = np.full(n, n, np.int64)
+    np.minimum.at(smallest, labels, np.arange(n))
+    _, compact = np.unique(smallest[labels], return_inverse=True)
     return compact.astype(np.int64), ReduceStats(len(relations), checked, split, refused)

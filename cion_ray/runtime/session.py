@@ -21,6 +21,19 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
 
 
+def cluster_cpus() -> float:
+    return float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def fit_actor_cpus(actors: int, cpus_per_actor: float, reserve: float = 1.0) -> float:
+    """CPUs to ask per actor so an actor pool leaves `reserve` CPUs for Ray Data's read and write
+    tasks: a pool holding every CPU would starve them and the pipeline would wait forever."""
+    total = cluster_cpus()
+    if actors * cpus_per_actor <= total - reserve:
+        return cpus_per_actor
+    return max(0.1, (total - reserve) / actors) if total > reserve else max(0.1, total / (actors + 1))
+
+
 def cluster_gpus() -> float:
     return float(ray.cluster_resources().get("GPU", 0.0))
 

@@ -23,7 +23,7 @@ from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
 from cion_ray.io.schemas import CROPS
 from cion_ray.io.video import iter_frames
-from cion_ray.runtime.session import RunLedger, cluster_gpus, ensure_ray
+from cion_ray.runtime.session import RunLedger, cluster_gpus, ensure_ray, fit_actor_cpus
 from cion_ray.tracking.config import TrackConfig
 from cion_ray.tracking.detectors import check_weights
 from cion_ray.tracking.local import make_detector
@@ -129,7 +129,7 @@ def _probe(args: tuple[str, str]) -> dict:
 def _pool_kwargs(cfg: TrackConfig, use_gpu: bool) -> dict:
     return dict(
         compute=ray.data.ActorPoolStrategy(size=cfg.pool.actors),
-        num_cpus=cfg.pool.cpus_per_actor,
+        num_cpus=fit_actor_cpus(cfg.pool.actors, cfg.pool.cpus_per_actor),
         num_gpus=cfg.pool.gpus_per_actor if use_gpu else 0,
         batch_size=1,
         batch_format="numpy",

@@ -1,0 +1,35 @@
+"""Per-video curation results, stored one file per video (`<out>/videos/<video_id>.npz`).
+
+They make re-runs and incremental curation cheap: a video's L1/L2 result is computed once,
+and the linking step reads only each video's identity sums and sizes.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from cion_ray.curation.core import VideoLevels
+from cion_ray.io import fs
+
+
+def video_uri(out: str, video_id: str) -> str:
+    return fs.join(out, "videos", f"{video_id}.npz")
+
+
+def save_levels(uri: str, lv: VideoLevels, frame: np.ndarray, gt: np.ndarray | None) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, crop_id=lv.crop_id.astype(str), track_id=lv.track_id, frame=frame, l1=lv.l1, l2=lv.l2,
+             sums=lv.sums.astype(np.float32), counts=lv.counts,
+             gt=(gt.astype(str) if gt is not None else np.zeros(0, str)),
+             stats=np.array(json.dumps(lv.stats)))
+    fs.write_bytes_atomic(uri, buf.getvalue())
+
+
+def load_levels(uri: str) -> dict:
+    """-> dict of arrays (crop_id, track_id, frame, l1, l2, sums, counts, gt) and stats (dict)."""
+    with np.load(io.BytesIO(fs.read_bytes(uri)), allow_pickle=False) as z:
+        d = {k: z[k] for k in z.files}
+    d["stats"] = json.loads(str(d["stats"]))
+    return d

@@ -1,0 +1,1 @@
+"""Backbones: one factory over timm (and our own variants), and checkpoint loading."""
