@@ -75,6 +75,69 @@ def _track(args: argparse.Namespace) -> int:
     return 0
 
 
+THRESHOLDS = {"radius": "denoise.radius", "merge": "denoise.merge", "margin": "denoise.margin",
+              "link": "link.threshold", "drift": "link.drift"}
+
+
+def add_curate_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--crops", required=True, help="output of `cion-ray track` (folder or s3:// prefix)")
+    s.add_argument("--out", required=True, help="output folder or s3:// prefix")
+    s.add_argument("--gt", help="synthetic world folder (or MOT folder) for per-level quality figures")
+    s.add_argument("--embedder", help="handcrafted (no weights) or timm:NAME (with --weights)")
+    s.add_argument("--weights", help="embedder checkpoint: path or s3:// URI")
+    s.add_argument("--dtype", choices=["float32", "float16"], help="stored embedding type")
+    s.add_argument("--window", type=int, help="videos per sliding range (W)")
+    s.add_argument("--stride", type=int, help="videos between range starts (S < W)")
+    s.add_argument("--k", type=int, help="mutual k-nearest neighbours for a link")
+    s.add_argument("--thresholds", metavar="NAME=VALUE,...",
+                   help="cosine-distance thresholds: " + ", ".join(THRESHOLDS) + " (e.g. radius=0.2,link=0.08)")
+    s.add_argument("--min-len", type=int, help="samples a tracklet keeps at least (L1)")
+    s.add_argument("--min-images", type=int, help="images an identity needs to be kept (L3)")
+    s.add_argument("--actors", type=int, help="embedding actors")
+    s.add_argument("--gpus-per-actor", type=float, help="GPUs per embedding actor (default: 1 for timm with GPUs)")
+    s.add_argument("--no-export", action="store_true", help="skip the CION-AL images and the Market-1501 folder")
+    s.add_argument("--overwrite", action="store_true", help="discard what is in --out first")
+    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
+    s.add_argument("--config", help="YAML file with CurateConfig fields")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+
+
+def curate_config_from_args(args: argparse.Namespace):
+    from cion_ray.config import load_config
+    from cion_ray.curation.config import CurateConfig
+    from cion_ray.errors import ConfigError
+
+    values = {"crops": args.crops, "out": args.out, "gt": args.gt, "embed.embedder": args.embedder,
+              "embed.weights": args.weights, "embed.dtype": args.dtype, "link.window": args.window,
+              "link.stride": args.stride, "link.k": args.k, "denoise.min_len": args.min_len,
+              "link.min_images": args.min_images, "pool.actors": args.actors,
+              "pool.gpus_per_actor": args.gpus_per_actor, "export_market": False if args.no_export else None}
+    if args.weights and not args.embedder:
+        raise ConfigError("--weights needs --embedder timm:NAME")
+    for item in (args.thresholds or "").split(","):
+        if not item.strip():
+            continue
+        name, _, value = item.partition("=")
+        if name.strip() not in THRESHOLDS or not value:
+            raise ConfigError(f"--thresholds: expected NAME=VALUE with NAME in {', '.join(THRESHOLDS)}, got {item!r}")
+        try:
+            values[THRESHOLDS[name.strip()]] = float(value)
+        except ValueError:
+            raise ConfigError(f"--thresholds: {item!r} is not a number") from None
+    return load_config(CurateConfig, args.config, args.set, values=values)
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from cion_ray.runtime.curate import run_curate
+
+    r = run_curate(curate_config_from_args(args), overwrite=args.overwrite, address=args.address)
+    print(f"curated {r.report['videos']} videos in {r.seconds:.1f}s: {r.identities} identities, {r.samples} images")
+    print(f"  identities: {r.out}/identities (Parquet; read through {r.out}/_manifest.json)")
+    print(f"  exports:    {r.out}/cion_al.json, {r.out}/market/bounding_box_train")
+    print(f"  report:     {r.out}/report.txt   contact sheet: {r.out}/sheet.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cion-ray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("track", help="detect and track people in videos; write person crops to Parquet")
     add_track_args(t)
     t.set_defaults(func=_track)
+
+    c = sub.add_parser("curate", help="denoise tracklets and link them across videos into identities")
+    add_curate_args(c)
+    c.set_defaults(func=_curate)
     return p
 
 

@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+from ray.data.expressions import col
 
 from cion_ray.config import from_dict
 from cion_ray.curation.config import CurateConfig
@@ -84,9 +85,9 @@ class EmbedActor:
 
 def _video_crops(t: pa.Table) -> VideoCrops:
     n = t.num_rows
-    emb = t.column("embedding").combine_chunks()
-    dim = emb.type.list_size
-    feats = np.asarray(emb.values.to_numpy(zero_copy_only=False), np.float32).reshape(n, dim)
+    # fixed-size lists as written; a plain list type after Ray Data unifies several files' schemas
+    flat = pc.list_flatten(t.column("embedding")).to_numpy(zero_copy_only=False)
+    feats = np.asarray(flat, np.float32).reshape(n, -1) if n else np.zeros((0, 0), np.float32)
     return VideoCrops(str(t.column("video_id")[0]), np.array(t.column("crop_id").to_pylist(), object),
                       t.column("track_id").to_numpy(), t.column("frame").to_numpy(), feats)
 
@@ -176,8 +177,7 @@ def _embed(cfg: CurateConfig, crop_files: list[str], videos: list[str], use_gpu:
     paths = [fs.arrow_fs(f)[1] for f in crop_files]
     ds = ray.data.read_parquet(paths, filesystem=pa_fs, columns=CROP_META + ["crop"])
     if len(todo) < len(videos):
-        wanted = set(todo)
-        ds = ds.filter(lambda r: r["video_id"] in wanted)
+        ds = ds.filter(expr=col("video_id").is_in(todo))
     # a crops file is often one block: split it so every embedding actor gets work
     ds = ds.repartition(target_num_rows_per_block=cfg.embed.batch)
     ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"cfg": asdict(cfg), "use_gpu": use_gpu},
@@ -208,8 +208,7 @@ def _denoise(cfg: CurateConfig, videos: list[str], done: dict, log) -> tuple[lis
         pa_fs, _ = fs.arrow_fs(emb_files[0])
         ds = ray.data.read_parquet([fs.arrow_fs(f)[1] for f in emb_files], filesystem=pa_fs)
         if len(todo) < len(videos):
-            wanted = set(todo)
-            ds = ds.filter(lambda r: r["video_id"] in wanted)
+            ds = ds.filter(expr=col("video_id").is_in(todo))
         gt_root = cfg.gt
         rows = ds.groupby("video_id", num_partitions=max(1, min(len(todo), 64))).map_groups(
             denoise_one_video, batch_format="pyarrow", fn_args=(asdict(cfg), cfg.out, gt_root)).take_all()

@@ -1,0 +1,152 @@
+"""The curation stage through Ray: the whole track -> curate path on the default world,
+re-runs, incremental curation, the timm embedder and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from cion_ray.curation.config import CurateConfig, EmbedConfig, LinkConfig, PoolConfig
+from cion_ray.errors import CionError
+from cion_ray.io import runs
+from cion_ray.io.market import parse_market_name
+from cion_ray.io.schemas import IDENTITIES
+from cion_ray.runtime.curate import identities_files, run_curate
+from cion_ray.runtime.track import run_track
+from cion_ray.tracking.config import DetectorConfig, PoolConfig as TrackPool, TrackConfig
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+QUIET = dict(log=lambda m: None)
+
+
+def _track(videos, mot, out):
+    return run_track(TrackConfig(videos=str(videos), out=str(out), detector=DetectorConfig(kind="mot-det", mot=str(mot)),
+                                 pool=TrackPool(actors=2)), **QUIET)
+
+
+def _partition(out) -> set[frozenset]:
+    groups: dict[int, set] = {}
+    for f in identities_files(str(out)):
+        t = pq.read_table(f)
+        for c, i in zip(t.column("crop_id").to_pylist(), t.column("identity").to_pylist()):
+            groups.setdefault(i, set()).add(c)
+    return {frozenset(g) for g in groups.values()}
+
+
+@pytest.fixture(scope="module")
+def curated(default_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("curated")
+    _track(default_world / "videos", default_world / "mot", root / "crops")
+    result = run_curate(CurateConfig(crops=str(root / "crops"), out=str(root / "out"), gt=str(default_world),
+                                     pool=PoolConfig(actors=2)), **QUIET)
+    return root, result
+
+
+def test_track_then_curate_reaches_f1_on_default_world(curated):
+    root, r = curated
+    lv = r.report["levels"]
+    for name in ("tracker", "L1", "L2", "L3"):
+        assert {"precision", "recall", "f1", "nmi", "samples", "identities"} <= set(lv[name])
+    assert lv["L3"]["f1"] >= 0.9, lv
+    assert lv["L3"]["f1"] > lv["tracker"]["f1"] and lv["L3"]["f1"] > lv["L2"]["f1"]
+    c = r.report["counts"]
+    assert c["links"] > 0 and c["identities_out"] == r.identities and c["samples_out"] == r.samples
+    text = (root / "out" / "report.txt").read_text()
+    assert "L3" in text and "tracklet merges" in text
+
+
+def test_outputs_identities_json_market_and_sheet(curated):
+    root, r = curated
+    out = root / "out"
+    files = identities_files(str(out))
+    t = pq.ParquetDataset(files).read()
+    assert t.schema.equals(IDENTITIES, check_metadata=False)
+    assert t.num_rows == r.samples and len(set(t.column("identity").to_pylist())) == r.identities
+    assert len(set(t.column("crop_id").to_pylist())) == t.num_rows
+    entries = json.loads((out / "cion_al.json").read_text())
+    assert len(entries) == r.samples and {"file_path", "id"} == set(entries[0])
+    assert all((out / e["file_path"]).is_file() for e in entries[:: max(1, len(entries) // 50)])
+    market = sorted((out / "market" / "bounding_box_train").glob("*.jpg"))
+    parsed = [parse_market_name(p.name) for p in market]
+    assert len(market) == r.samples and all(parsed)
+    assert len({p.pid for p in parsed}) == r.identities
+    assert (out / "sheet.png").stat().st_size > 10_000
+
+
+def test_rerun_reuses_every_step(curated, default_world):
+    root, first = curated
+    before = _partition(root / "out")
+    again = run_curate(CurateConfig(crops=str(root / "crops"), out=str(root / "out"), gt=str(default_world),
+                                    pool=PoolConfig(actors=2)), **QUIET)
+    assert again.videos_embedded == [] and again.videos_denoised == []
+    assert again.ranges_computed == 0 and again.ranges_reused == first.ranges_computed
+    assert _partition(root / "out") == before
+    assert again.report["levels"] == first.report["levels"]
+
+
+def test_incremental_curation_equals_from_scratch(tiny_world, tmp_path):
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    link = LinkConfig(window=2, stride=1, min_images=4)
+    for v in ("v0000", "v0001", "v0002"):
+        shutil.copy(tiny_world / "videos" / f"{v}.mp4", vids)
+    _track(vids, tiny_world / "mot", tmp_path / "crops")
+    first = run_curate(CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / "inc"), link=link), **QUIET)
+    shutil.copy(tiny_world / "videos" / "v0003.mp4", vids)  # a new upload
+    _track(vids, tiny_world / "mot", tmp_path / "crops")
+    inc = run_curate(CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / "inc"), link=link), **QUIET)
+    assert inc.videos_embedded == ["v0003"] and inc.videos_denoised == ["v0003"]
+    assert inc.ranges_reused == first.ranges_computed == 2 and inc.ranges_computed == 1
+    scratch = run_curate(CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / "scratch"), link=link),
+                         **QUIET)
+    assert scratch.ranges_computed == 3
+    assert _partition(tmp_path / "inc") == _partition(tmp_path / "scratch")
+    a = pq.ParquetDataset(identities_files(str(tmp_path / "inc"))).read().sort_by("crop_id")
+    b = pq.ParquetDataset(identities_files(str(tmp_path / "scratch"))).read().sort_by("crop_id")
+    assert a.equals(b)  # same ids too: identities are numbered canonically
+
+
+def test_timm_embedder_with_given_weights(tiny_world, tmp_path):
+    import torch
+
+    from cion_ray.zoo.factory import create_backbone
+    model = create_backbone("test_resnet")
+    torch.save({"teacher": {f"module.backbone.{k}": v for k, v in model.state_dict().items()}}, tmp_path / "w.pth")
+    _track(tiny_world / "videos", tiny_world / "mot", tmp_path / "crops")
+    cfg = CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / "out"), export_market=False,
+                       embed=EmbedConfig(embedder="timm:test_resnet", weights=str(tmp_path / "w.pth"), height=128,
+                                         width=64, dtype="float16"))
+    r = run_curate(cfg, **QUIET)
+    emb = pq.ParquetDataset(runs.committed_files(str(tmp_path / "out" / "embeddings"), "embed")).read()
+    assert emb.schema.field("embedding").type.value_type == "halffloat"
+    v = np.asarray(emb.column("embedding").combine_chunks().values.to_numpy(zero_copy_only=False), np.float32)
+    v = v.reshape(emb.num_rows, -1)
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-2)
+    assert r.report["counts"]["samples_in"] == emb.num_rows
+
+
+def test_bad_inputs(tiny_world, tmp_path):
+    with pytest.raises(CionError, match="no committed tracking output"):
+        run_curate(CurateConfig(crops=str(tmp_path / "nothing"), out=str(tmp_path / "o")), **QUIET)
+    with pytest.raises(CionError, match="needs --weights"):
+        run_curate(CurateConfig(crops=str(tmp_path), out=str(tmp_path / "o"),
+                                embed=EmbedConfig(embedder="timm:test_resnet")), **QUIET)
+    with pytest.raises(CionError, match="weights /nope.pth: not found"):
+        run_curate(CurateConfig(crops=str(tmp_path), out=str(tmp_path / "o"),
+                                embed=EmbedConfig(embedder="timm:test_resnet", weights="/nope.pth")), **QUIET)
+    # a crops output whose manifest lists a copy of its file holds every crop twice
+    crops = tmp_path / "crops"
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    shutil.copy(tiny_world / "videos" / "v0000.mp4", vids)
+    _track(vids, tiny_world / "mot", crops)
+    m = json.loads((crops / "_manifest.json").read_text())
+    (f,) = m["runs"][0]["files"]
+    shutil.copy(crops / f, crops / (f + ".copy.parquet"))
+    m["runs"][0]["files"] = [f, f + ".copy.parquet"]
+    (crops / "_manifest.json").write_text(json.dumps(m))
+    with pytest.raises(CionError, match="duplicate crop id"):
+        run_curate(CurateConfig(crops=str(crops), out=str(tmp_path / "dup")), **QUIET)

@@ -1,0 +1,259 @@
+"""Curation algorithms on small hand-built feature sets where the right answer is known (no Ray)."""
+from __future__ import annotations
+
+import itertools
+
+import cv2
+import numpy as np
+import pytest
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from cion_ray.curation.config import DenoiseConfig, LinkConfig
+from cion_ray.curation.core import (VideoCrops, check_unique, curate_local, denoise_video_levels, identity_table,
+                                    relations_for_range)
+from cion_ray.denoise.tracklet import normalize, single_tracklet_denoise
+from cion_ray.denoise.video import merge_tracklets, reallocate, video_denoise
+from cion_ray.embed.handcrafted import DIM, HandcraftedEmbedder, describe_bgr
+from cion_ray.errors import CionError
+from cion_ray.evaluate.clustering import nmi, pairwise_prf
+from cion_ray.linking.ranges import sliding_ranges
+from cion_ray.linking.reduce import reduce_relations
+from cion_ray.linking.relations import linking_relations
+from cion_ray.linking.union_find import UnionFind, tree_reduce
+
+D = 16
+RNG = np.random.default_rng(0)
+BASES = normalize(RNG.normal(size=(8, D)))  # 8 well-separated "people"
+
+
+def samples(person: int, n: int, noise: float = 0.05, rng=RNG) -> np.ndarray:
+    return normalize(BASES[person] + rng.normal(0, noise, size=(n, D))).astype(np.float32)
+
+
+# --- L1 --------------------------------------------------------------------------------------------
+
+def test_l1_removes_outlier_and_keeps_the_rest():
+    f = np.concatenate([samples(0, 12), samples(1, 1)])
+    keep = single_tracklet_denoise(f, radius=0.2, min_len=3)
+    assert keep[:12].all() and not keep[12]
+
+
+def test_l1_drops_short_tracklets_and_keeps_majority_of_a_switch():
+    assert not single_tracklet_denoise(samples(0, 2), radius=0.2, min_len=3).any()
+    f = np.concatenate([samples(0, 9), samples(1, 4)])  # an identity switch: the minority goes
+    keep = single_tracklet_denoise(f, radius=0.2, min_len=3)
+    assert keep[:9].all() and not keep[9:].any()
+
+
+# --- L2 --------------------------------------------------------------------------------------------
+
+def test_l2_merges_one_person_but_never_cooccurring_tracklets():
+    f = np.concatenate([samples(0, 6), samples(0, 6), samples(0, 6)])
+    groups = np.repeat([0, 1, 2], 6)
+    # tracklet 2 is on screen together with 0 and with 1; 0 and 1 never meet
+    frames = np.concatenate([np.arange(1, 7), np.arange(20, 26), [3, 4, 5, 21, 22, 23]])
+    merged, n = merge_tracklets(f, groups, frames, threshold=0.1)
+    assert merged[0] == merged[6]  # tracklets 0 and 1: same person, never together -> one identity
+    assert merged[12] != merged[0]  # tracklet 2 co-occurs with 0: never the same person
+    assert n == 1
+
+
+def test_l2_does_not_merge_different_people():
+    f = np.concatenate([samples(0, 6), samples(1, 6)])
+    merged, n = merge_tracklets(f, np.repeat([0, 1], 6), np.concatenate([np.arange(6), np.arange(10, 16)]), 0.1)
+    assert n == 0 and merged[0] != merged[6]
+
+
+def test_l2_reallocates_misassigned_sample_unless_frame_taken():
+    f = np.concatenate([samples(0, 6), samples(1, 1), samples(1, 6)])
+    labels = np.array([0] * 7 + [1] * 6)
+    frames = np.array([1, 2, 3, 4, 5, 6, 7] + [10, 11, 12, 13, 14, 15])
+    out, moved = reallocate(f, labels, frames, margin=0.05)
+    assert moved == 1 and out[6] == 1 and (out[:6] == 0).all()
+    frames_taken = frames.copy()
+    frames_taken[7] = 7  # identity 1 already has a sample in frame 7
+    out2, moved2 = reallocate(f, labels, frames_taken, margin=0.05)
+    assert moved2 == 0 and out2[6] == 0
+
+
+def test_video_denoise_full_level():
+    f = np.concatenate([samples(0, 8), samples(0, 8), samples(2, 8), samples(5, 1)])
+    tracks = np.repeat([1, 2, 3, 4], [8, 8, 8, 1])
+    frames = np.concatenate([np.arange(8), np.arange(30, 38), np.arange(8), [50]])
+    r = video_denoise(f, tracks, frames, radius=0.2, min_len=3, merge=0.1, margin=0.05)
+    assert r.labels[0] == r.labels[8] != r.labels[16] and r.labels[-1] == -1
+    assert r.stats["merged"] == 1 and r.stats["identities_out"] == 2 and r.stats["l1_tracklets_dropped"] == 1
+
+
+# --- L3 --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,w,s", [(n, w, s) for n in (1, 2, 5, 9, 17, 30) for w in (2, 3, 6, 8) for s in range(1, w)])
+def test_sliding_ranges_cover_every_pair_at_most_w_minus_s_apart(n, w, s):
+    ranges = sliding_ranges(n, w, s)
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(e - b <= w for b, e in ranges)
+    for i, j in itertools.combinations(range(n), 2):
+        if j - i <= w - s:
+            assert any(b <= i and j < e for b, e in ranges), (i, j)
+
+
+def test_sliding_ranges_rejects_bad_parameters():
+    with pytest.raises(ValueError):
+        sliding_ranges(10, 4, 4)
+
+
+def _videos_with(people_per_video: list[list[int]]) -> list[VideoCrops]:
+    out = []
+    rng = np.random.default_rng(1)
+    for v, people in enumerate(people_per_video):
+        feats, tracks, frames = [], [], []
+        for t, p in enumerate(people):
+            feats.append(samples(p, 10, 0.03, rng))
+            tracks += [t + 1] * 10
+            frames += list(range(1, 11))  # everyone present at the same time: no L2 merges
+        out.append(VideoCrops(f"v{v:04d}", np.array([f"v{v:04d}/{i:06d}/{t}" for i, t in enumerate(tracks)], object),
+                              np.array(tracks), np.array(frames), np.concatenate(feats)))
+    return out
+
+
+def test_l3_links_within_a_range_only_and_never_inside_a_video():
+    # person 0 in videos 0 and 1 (near: linked); person 1 in videos 0 and 7 (far: not linked);
+    # video 3 shows person 2 twice (two tracklets at once): never one identity
+    layout = [[0, 1], [0, 3], [4], [2, 2], [5], [6], [7], [1]]
+    videos = _videos_with(layout)
+    cfg = LinkConfig(window=4, stride=2, k=2, threshold=0.1, drift=0.1, min_images=1)
+    res = curate_local(videos, DenoiseConfig(radius=0.3, min_len=3, merge=0.1), cfg)
+    lab = res.sample_labels()
+    assert lab[0][0] == lab[1][0]  # person 0 across videos 0 and 1
+    assert lab[0][10] != lab[7][0]  # person 1: videos 0 and 7 never share a range
+    assert lab[3][0] != lab[3][10]  # two tracklets of one video co-occurring
+    for rel in res.relations:
+        a, b = rel[:, 0].astype(int), rel[:, 1].astype(int)
+        assert (res.table.video_pos[a] != res.table.video_pos[b]).all()
+
+
+def test_reducer_splits_chains_through_one_video():
+    # identities 0 and 2 from the same video, 1 from another: relations 0-1 and 1-2 chain them
+    cent = normalize(np.stack([BASES[0], BASES[0] + 0.05 * BASES[1], BASES[0] + 0.1 * BASES[1]]))
+    videos = np.array([0, 1, 0])
+    rel = np.array([[0, 1, 0.01], [1, 2, 0.02]])
+    uf = UnionFind(3).union_many(rel[:, :2])
+    labels, stats = reduce_relations(uf, rel, videos, cent.astype(np.float64), drift=0.5)
+    assert labels[0] == labels[1] != labels[2] and stats.components_split == 1 and stats.unions_refused == 1
+
+
+def test_reducer_splits_drifting_components():
+    a, b = BASES[0], BASES[1]
+    cent = normalize(np.stack([a, 0.7 * a + 0.3 * b, 0.3 * a + 0.7 * b, b]))  # a chain from a to b
+    rel = np.array([[0, 1, 0.05], [1, 2, 0.06], [2, 3, 0.05]])
+    uf = UnionFind(4).union_many(rel[:, :2])
+    labels, stats = reduce_relations(uf, rel, np.arange(4), cent, drift=0.15)
+    assert len(set(labels.tolist())) >= 2 and stats.components_split == 1
+    loose, _ = reduce_relations(UnionFind(4).union_many(rel[:, :2]), rel, np.arange(4), cent, drift=2.0)
+    assert len(set(loose.tolist())) == 1
+
+
+def test_mutual_knn_relations():
+    cent = normalize(np.stack([BASES[0], BASES[0] + 0.01, BASES[3], BASES[3] + 0.01, BASES[5]])).astype(np.float32)
+    videos = np.array([0, 1, 0, 1, 1])
+    rel = linking_relations(cent, videos, k=1, threshold=0.1)
+    assert sorted(map(tuple, rel[:, :2].astype(int).tolist())) == [(0, 1), (2, 3)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_union_find_matches_scipy_components(seed):
+    rng = np.random.default_rng(seed)
+    n = 200
+    edges = rng.integers(0, n, size=(150, 2))
+    uf = UnionFind(n).union_many(edges)
+    _, cc = connected_components(coo_matrix((np.ones(len(edges)), (edges[:, 0], edges[:, 1])), shape=(n, n)),
+                                 directed=False)
+    ours = uf.labels()
+    for i, j in itertools.combinations(range(0, n, 7), 2):
+        assert (ours[i] == ours[j]) == (cc[i] == cc[j])
+    # a tree of per-part union-finds gives the same partition, in any grouping
+    parts = [UnionFind(n).union_many(e) for e in np.array_split(edges, 5)]
+    assert np.array_equal(tree_reduce(parts).labels(), ours)
+    assert np.array_equal(parts[0].merge(parts[1].merge(parts[2])).labels(),
+                          parts[0].merge(parts[1]).merge(parts[2]).labels())
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+def test_pairwise_prf_known_values():
+    true = np.array([0, 0, 0, 1, 1])
+    pred = np.array([0, 0, 1, 1, 1])
+    q = pairwise_prf(true, pred)
+    # predicted pairs: (0,1), (2,3), (2,4), (3,4) -> true pairs among them: (0,1), (3,4)
+    assert q["precision"] == pytest.approx(2 / 4) and q["recall"] == pytest.approx(2 / 4)
+    assert pairwise_prf(true, true)["f1"] == 1.0
+
+
+def test_nmi_against_the_definition():
+    rng = np.random.default_rng(3)
+    t = rng.integers(0, 4, 300)
+    p = np.where(rng.random(300) < 0.7, t, rng.integers(0, 5, 300))
+    n = len(t)
+    mi = 0.0
+    for a in np.unique(t):
+        for b in np.unique(p):
+            nab = np.sum((t == a) & (p == b))
+            if nab:
+                mi += nab / n * np.log(n * nab / (np.sum(t == a) * np.sum(p == b)))
+    h = lambda x: -sum(np.mean(x == v) * np.log(np.mean(x == v)) for v in np.unique(x))  # noqa: E731
+    assert nmi(t, p) == pytest.approx(mi / ((h(t) + h(p)) / 2))
+    assert nmi(t, t) == pytest.approx(1.0)
+
+
+# --- the hand-crafted descriptor --------------------------------------------------------------------
+
+def _person_crop(top=(40, 40, 200), bottom=(90, 60, 30), bg=(120, 160, 120)) -> np.ndarray:
+    img = np.full((128, 64, 3), bg, np.uint8)
+    cv2.rectangle(img, (20, 20), (44, 70), top, -1)
+    cv2.rectangle(img, (22, 70), (42, 120), bottom, -1)
+    cv2.circle(img, (32, 12), 8, (150, 180, 220), -1)
+    return img
+
+
+def test_descriptor_is_robust_to_camera_gain_and_cast_but_tells_clothes_apart():
+    a = describe_bgr(_person_crop())
+    cast = np.clip(_person_crop().astype(np.float32) * np.array([0.85, 1.0, 1.1]) * 1.2, 0, 255).astype(np.uint8)
+    b = describe_bgr(cast)
+    other = describe_bgr(_person_crop(top=(200, 60, 40)))
+    assert a.shape == (DIM,) and abs(np.linalg.norm(a) - 1) < 1e-5
+    assert 1 - a @ b < 0.5 * (1 - a @ other)
+
+
+def test_descriptor_marks_undecodable_crops():
+    ok = cv2.imencode(".jpg", _person_crop())[1].tobytes()
+    out = HandcraftedEmbedder()([ok, b"not a jpeg", b""])
+    assert np.isfinite(out[0]).all() and np.isnan(out[1]).all() and np.isnan(out[2]).all()
+
+
+# --- bad input ---------------------------------------------------------------------------------------
+
+def test_invalid_embeddings_are_dropped_and_counted():
+    (v,) = _videos_with([[0, 1]])
+    v.feats[3] = np.nan
+    v.feats[15] = np.inf
+    v.feats[16] = 0.0
+    lv = denoise_video_levels(v, DenoiseConfig(radius=0.3, min_len=3))
+    assert lv.stats["invalid_embeddings"] == 3 and len(lv.l2) == 17
+
+
+def test_duplicate_crop_ids_are_an_error():
+    with pytest.raises(CionError, match="duplicate crop id"):
+        check_unique(np.array(["a", "b", "a"], object), "crops.parquet")
+
+
+def test_single_video_corpus_and_empty_video():
+    videos = _videos_with([[0, 1, 2]])
+    res = curate_local(videos, DenoiseConfig(radius=0.3, min_len=3), LinkConfig(min_images=1))
+    assert not any(len(r) for r in res.relations)
+    assert len(set(res.sample_labels()[0].tolist())) == 3
+    empty = VideoCrops("v9", np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, D)))
+    lv = denoise_video_levels(empty, DenoiseConfig())
+    assert len(lv.counts) == 0 and lv.stats["samples_in"] == 0
+    t = identity_table([lv])
+    assert len(relations_for_range(t, 0, 1, LinkConfig())) == 0
