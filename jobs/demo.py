@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
-        print("== 1/2 synthetic world ==", flush=True)
+        print("== 1/3 synthetic world ==", flush=True)
         world = generate_world(SynthConfig(seed=args.seed), out / "world")
         r = world.reid
         print(f"world:      {world.out} ({'reused' if world.reused else f'{world.seconds:.0f}s'}): "
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  preview   {world.out / 'preview.png'}  <- open this: each row is one person across videos",
               flush=True)
 
-        print("\n== 2/2 tracking (Ray Data, public detections + ByteTrack) ==", flush=True)
+        print("\n== 2/3 tracking (Ray Data, public detections + ByteTrack) ==", flush=True)
         from cion_ray.runtime.track import run_track
 
         track = run_track(TrackConfig(videos=str(world.out / "videos"), out=str(out / "crops"),
@@ -44,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
               f"({len(track.videos_done)} videos this run, {len(track.videos_skipped_finished)} already done)")
         print(f"  quality   MOTA {o['mota']:.3f}  IDF1 {o['idf1']:.3f}  ID switches {int(o['num_switches'])}"
               f"  (per video: {out / 'crops' / 'report.txt'})")
+
+        print("\n== 3/3 curation (embeddings, L1/L2 denoising, sliding-range linking) ==", flush=True)
+        from cion_ray.curation.config import CurateConfig, PoolConfig as CuratePool
+        from cion_ray.curation.report import report_text
+        from cion_ray.runtime.curate import run_curate
+
+        cur = run_curate(CurateConfig(crops=str(out / "crops"), out=str(out / "curated"), gt=str(world.out),
+                                      pool=CuratePool(actors=args.actors)), log=lambda m: None)
+        print(report_text(cur.report).rstrip())
+        print(f"curated:    {out / 'curated'}: {cur.identities} identities, {cur.samples} images")
+        print(f"  exports   {out / 'curated' / 'cion_al.json'}, {out / 'curated' / 'market'}")
+        print(f"  sheet     {out / 'curated' / 'sheet.png'}  <- open this: each row should be one person")
     except CionError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2

@@ -10,6 +10,7 @@ per-video and per-range steps as tasks and the reducer on the driver.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -92,8 +93,9 @@ class IdentityTable:
     offsets: np.ndarray  # (n_videos + 1,) identities of video i are offsets[i]:offsets[i+1]
     video_ids: list[str]
 
-    @property
+    @cached_property
     def centroids(self) -> np.ndarray:
+        """(n, D) float32, L2-normalised (computed once)."""
         return normalize(self.sums).astype(np.float32)
 
 
@@ -126,10 +128,15 @@ def relations_for_range(table: IdentityTable, start: int, end: int, cfg: LinkCon
     return range_relations(table.centroids[lo:hi], table.video_pos[lo:hi], lo, cfg)
 
 
-def union_of_relations(n: int, relations: list[np.ndarray]) -> UnionFind:
-    """One union-find per range, reduced as a tree (what the distributed reducer does)."""
-    parts = [UnionFind(n).union_many(r[:, :2]) for r in relations if len(r)]
-    return tree_reduce(parts) if parts else UnionFind(n)
+def union_of_relations(n: int, relations: list[np.ndarray], parts: int = 4) -> UnionFind:
+    """Relations grouped into a few partial union-finds, reduced as a tree (the shape a
+    distributed reduction takes; each part is O(n) memory, so there are only a few)."""
+    nonempty = [r for r in relations if len(r)]
+    if not nonempty:
+        return UnionFind(n)
+    bounds = np.linspace(0, len(nonempty), min(parts, len(nonempty)) + 1).astype(int)
+    groups = [np.concatenate(nonempty[a:b])[:, :2] for a, b in zip(bounds, bounds[1:])]
+    return tree_reduce([UnionFind(n).union_many(g) for g in groups])
 
 
 def reduce_identities(table: IdentityTable, relations: list[np.ndarray], cfg: LinkConfig

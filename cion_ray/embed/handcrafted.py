@@ -45,18 +45,24 @@ def decode(jpeg: bytes) -> np.ndarray:
     return cv2.resize(img, (W, H), interpolation=cv2.INTER_AREA)
 
 
+_STEP = H // STRIPES
+# for each stripe, the rows whose edge columns model its background (the stripe +- half a stripe)
+_BORDER_ROWS = [np.arange(max(0, s * _STEP - _STEP // 2), min(H, (s + 1) * _STEP + _STEP // 2))
+                for s in range(STRIPES)]
+_NB = min(len(r) for r in _BORDER_ROWS)
+
+
 def foreground(lab: np.ndarray) -> np.ndarray:
     """(H, W) in [0, 1]: how unlike the background (edge columns of nearby rows) each pixel is."""
-    out = np.empty((H, W), np.float32)
-    step = H // STRIPES
-    for s in range(STRIPES):
-        rows = slice(max(0, s * step - step // 2), min(H, (s + 1) * step + step // 2))
-        border = np.concatenate([lab[rows, :BORDER], lab[rows, -BORDER:]], axis=1).reshape(-1, 3)[::3]
-        px = lab[s * step:(s + 1) * step].reshape(-1, 3)
-        d2 = (px * px).sum(1)[:, None] - 2 * px @ border.T + (border * border).sum(1)[None, :]
-        d = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
-        out[s * step:(s + 1) * step] = (1.0 / (1.0 + np.exp(-(d - FG_THRESHOLD) / FG_SOFTNESS))).reshape(step, W)
-    return out
+    edges = np.concatenate([lab[:, :BORDER], lab[:, -BORDER:]], axis=1)  # (H, 2*BORDER, 3)
+    border = np.stack([edges[r[:_NB]].reshape(-1, 3)[::3] for r in _BORDER_ROWS])  # (S, m, 3)
+    px = lab.reshape(STRIPES, _STEP * W, 3)  # (S, n, 3)
+    # |p - b|^2 = |p|^2 + (|b|^2 - 2 p.b); the bracket is one matmul of [p, 1] with [-2b, |b|^2]
+    p1 = np.concatenate([px, np.ones(px.shape[:2] + (1,), np.float32)], axis=2)
+    b1 = np.concatenate([-2 * border, (border * border).sum(-1, keepdims=True)], axis=2)
+    d2 = (px * px).sum(-1) + np.matmul(p1, b1.transpose(0, 2, 1)).min(axis=2)
+    d = np.sqrt(np.maximum(d2, 0.0))
+    return (1.0 / (1.0 + np.exp(-(d - FG_THRESHOLD) / FG_SOFTNESS))).reshape(H, W).astype(np.float32)
 
 
 def _hellinger(hist: np.ndarray) -> np.ndarray:

@@ -24,11 +24,24 @@ class ReduceStats:
     unions_refused: int
 
 
-def _violates(members: np.ndarray, videos: np.ndarray, sums: np.ndarray, cent: np.ndarray, drift: float) -> bool:
-    if len(np.unique(videos[members])) < len(members):
-        return True
-    c = normalize(sums[members].sum(axis=0))
-    return bool((1.0 - cent[members] @ c).max() > drift)
+def violating_components(labels: np.ndarray, videos: np.ndarray, cent: np.ndarray, drift: float) -> np.ndarray:
+    """Component labels (of `labels`, (n,) ints) that hold two identities of one video or a member
+    farther than `drift` from the component centroid. Vectorised over all components."""
+    n = len(labels)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    k = int(labels.max()) + 1
+    size = np.bincount(labels, minlength=k)
+    pairs = np.unique(labels.astype(np.int64) * (int(videos.max()) + 1) + videos)
+    distinct_videos = np.bincount(pairs // (int(videos.max()) + 1), minlength=k)
+    bad = size != distinct_videos
+    sums = np.zeros((k, cent.shape[1]), np.float64)
+    np.add.at(sums, labels, cent)
+    c = normalize(sums)
+    far = np.zeros(k)
+    np.maximum.at(far, labels, 1.0 - np.einsum("nd,nd->n", cent, c[labels]))
+    bad |= (far > drift) & (size > 1)
+    return np.flatnonzero(bad)
 
 
 def constrained_components(members: np.ndarray, edges: np.ndarray, videos: np.ndarray, sums: np.ndarray,
@@ -68,28 +81,26 @@ def reduce_relations(uf: UnionFind, relations: np.ndarray, videos: np.ndarray, s
     cent = normalize(sums.astype(np.float64))
     roots = uf.roots()
     labels = roots.copy()
-    order = np.argsort(roots, kind="stable")
-    cuts = np.flatnonzero(np.diff(roots[order])) + 1
-    rel_root = roots[relations[:, 0].astype(np.int64)] if len(relations) else np.zeros(0, np.int64)
-    rel_order = np.argsort(rel_root, kind="stable")
-    rel_sorted = relations[rel_order]
-    rel_keys = rel_root[rel_order]
-    checked = split = refused = 0
-    for block in np.split(order, cuts):
-        if len(block) < 2:
-            continue
-        checked += 1
-        if not _violates(block, videos, sums, cent, drift):
-            continue
-        split += 1
-        r = roots[block[0]]
-        lo, hi = np.searchsorted(rel_keys, r), np.searchsorted(rel_keys, r, side="right")
-        mapping, ref = constrained_components(block, rel_sorted[lo:hi], videos, sums, cent, drift)
-        refused += ref
-        for m, root in mapping.items():
-            labels[m] = root
+    comp = np.unique(roots, return_inverse=True)[1]
+    bad = violating_components(comp, videos, cent, drift)
+    checked = int((np.bincount(comp) > 1).sum()) if n else 0
+    refused = 0
+    if len(bad):
+        rel_comp = comp[relations[:, 0].astype(np.int64)] if len(relations) else np.zeros(0, np.int64)
+        order = np.argsort(comp, kind="stable")
+        starts = np.searchsorted(comp[order], bad)
+        ends = np.searchsorted(comp[order], bad, side="right")
+        rel_order = np.argsort(rel_comp, kind="stable")
+        rel_sorted, rel_keys = relations[rel_order], rel_comp[rel_order]
+        for c, s, e in zip(bad, starts, ends):
+            members = order[s:e]
+            lo, hi = np.searchsorted(rel_keys, c), np.searchsorted(rel_keys, c, side="right")
+            mapping, ref = constrained_components(members, rel_sorted[lo:hi], videos, sums, cent, drift)
+            refused += ref
+            for m, root in mapping.items():
+                labels[m] = root
     # name each component by its smallest member, so labels do not depend on union order
     smallest = np.full(n, n, np.int64)
     np.minimum.at(smallest, labels, np.arange(n))
     _, compact = np.unique(smallest[labels], return_inverse=True)
-    return compact.astype(np.int64), ReduceStats(len(relations), checked, split, refused)
+    return compact.astype(np.int64), ReduceStats(len(relations), checked, len(bad), refused)
