@@ -86,6 +86,9 @@ def main() -> int:
     ensure_ray(num_cpus=2)
     link = LinkConfig(window=args.window, stride=args.stride, k=2, threshold=0.15, drift=0.15, min_images=1)
 
+    with tempfile.TemporaryDirectory() as d:  # warm-up: start the worker processes
+        sliding_links(make_corpus(4000, seed=1), CurateConfig(out=d, link=link))
+
     # 1. sliding ranges vs all pairs
     table = make_corpus(args.compare_size)
     with tempfile.TemporaryDirectory() as d:

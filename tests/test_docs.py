@@ -7,7 +7,7 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
 
 
 def test_every_schema_field_documented():
-    for schema in (schemas.CROPS, schemas.IDENTITIES):
+    for schema in (schemas.CROPS, schemas.IDENTITIES, schemas.embeddings_schema(8)):
         for name in schema.names:
             assert f"`{name}`" in DOC, name
 

@@ -14,25 +14,28 @@ def knn_other_videos(centroids: np.ndarray, videos: np.ndarray, k: int, use_gpu:
     """For each row, its k most similar rows from other videos.
 
     centroids: (n, D) float32, L2-normalised; videos: (n,) ints. Returns (n, k) indices
-    (-1 where fewer exist) and (n, k) cosine similarities."""
+    (-1 where fewer exist) and (n, k) cosine similarities (-inf there)."""
     import faiss
 
     n, d = centroids.shape
+    out_i = np.full((n, k), -1, np.int64)
+    out_s = np.full((n, k), -np.inf, np.float32)
+    if n < 2:
+        return out_i, out_s
     x = np.ascontiguousarray(centroids, np.float32)
-    per_video = np.bincount(np.unique(videos, return_inverse=True)[1]).max() if n else 0
-    kk = int(min(n, k + per_video))
+    per_video = int(np.bincount(np.unique(videos, return_inverse=True)[1]).max())
+    kk = int(min(n, k + per_video))  # enough to find k neighbours outside the row's own video
     index = faiss.IndexFlatIP(d)
     if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(x)
-    sims, idx = index.search(x, kk) if kk else (np.zeros((n, 0), np.float32), np.zeros((n, 0), np.int64))
-    out_i = np.full((n, k), -1, np.int64)
-    out_s = np.full((n, k), -np.inf, np.float32)
-    for r in range(n):
-        ok = (idx[r] >= 0) & (videos[np.maximum(idx[r], 0)] != videos[r])
-        cand_i, cand_s = idx[r][ok][:k], sims[r][ok][:k]
-        out_i[r, :len(cand_i)] = cand_i
-        out_s[r, :len(cand_s)] = cand_s
+    sims, idx = index.search(x, kk)
+    ok = (idx >= 0) & (videos[np.maximum(idx, 0)] != videos[:, None])
+    rank = np.cumsum(ok, axis=1)
+    rows, cols = np.nonzero(ok & (rank <= k))
+    pos = rank[rows, cols] - 1
+    out_i[rows, pos] = idx[rows, cols]
+    out_s[rows, pos] = sims[rows, cols]
     return out_i, out_s
 
 
@@ -43,10 +46,10 @@ def linking_relations(centroids: np.ndarray, videos: np.ndarray, k: int, thresho
     if n < 2:
         return np.zeros((0, 3))
     nn, sim = knn_other_videos(centroids, videos, k, use_gpu)
-    neigh = [set(r[r >= 0].tolist()) for r in nn]
-    rows = []
-    for a in range(n):
-        for b, s in zip(nn[a], sim[a]):
-            if b > a and a in neigh[b] and 1.0 - s < threshold:
-                rows.append((a, int(b), 1.0 - float(s)))
-    return np.array(rows, np.float64).reshape(-1, 3)
+    a = np.repeat(np.arange(n, dtype=np.int64), k)
+    b, s = nn.ravel(), sim.ravel()
+    valid = b >= 0
+    a, b, s = a[valid], b[valid], s[valid]
+    mutual = np.isin(b * n + a, a * n + b)  # b lists a too
+    keep = mutual & (a < b) & (1.0 - s < threshold)
+    return np.stack([a[keep], b[keep], 1.0 - s[keep].astype(np.float64)], axis=1).astype(np.float64).reshape(-1, 3)

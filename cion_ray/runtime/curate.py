@@ -38,7 +38,7 @@ from cion_ray.embed.timm_embedder import build_embedder
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
 from cion_ray.io.schemas import IDENTITIES, embeddings_schema
-from cion_ray.runtime.session import cluster_gpus, ensure_ray, fit_actor_cpus
+from cion_ray.runtime.session import cluster_cpus, cluster_gpus, ensure_ray, fit_actor_cpus
 from cion_ray.viz.sheet import contact_sheet, save_png
 
 STAGE = "curate"
@@ -115,9 +115,12 @@ def denoise_one_video(t: pa.Table, cfg: dict, out: str, gt_root: str) -> pa.Tabl
     return pa.table({"video_id": [v.video_id], "stats": [json.dumps(lv.stats)], "error": [""]})
 
 
-def _range_task(centroids: np.ndarray, video_pos: np.ndarray, link: dict) -> np.ndarray:
+def _ranges_task(centroids: np.ndarray, video_pos: np.ndarray, spans: list[tuple[int, int]], link: dict
+                 ) -> list[np.ndarray]:
+    """Relations of several consecutive ranges; spans index into the given slice."""
     from cion_ray.curation.config import LinkConfig
-    return range_relations(centroids, video_pos, 0, LinkConfig(**link))
+    cfg = LinkConfig(**link)
+    return [range_relations(centroids[a:b], video_pos[a:b], 0, cfg) for a, b in spans]
 
 
 class LabelCrops:
@@ -247,44 +250,52 @@ def _table(levels: list[dict]) -> IdentityTable:
 
 
 def _link(cfg: CurateConfig, table: IdentityTable, log) -> tuple[list[np.ndarray], int, int]:
-    """Relations of every range: cached ones are read, the others computed as parallel Ray tasks."""
+    """Relations of every range: cached ones are read, the others computed by parallel Ray tasks
+    (consecutive ranges batched per task, so each task does enough work to pay for itself)."""
+    import io
     ranges = ranges_with_keys(table.video_ids, cfg.link)
-    link = {k: v for k, v in asdict(cfg.link).items()}
+    link = asdict(cfg.link)
     tag = cfg.fingerprint()
     cent = table.centroids
+    uris = [fs.join(cfg.out, "relations", f"{key}-{tag}.npy") for _, _, key in ranges]
     rels: list[np.ndarray | None] = [None] * len(ranges)
-    pending = {}
-    remote = ray.remote(num_cpus=1)(_range_task)
-    reused = 0
-    for i, (s, e, key) in enumerate(ranges):
-        uri = fs.join(cfg.out, "relations", f"{key}-{tag}.npy")
-        lo, hi = int(table.offsets[s]), int(table.offsets[e])
+    todo = []
+    for i, uri in enumerate(uris):
         if fs.exists(uri):
-            import io
-            rel = np.load(io.BytesIO(fs.read_bytes(uri)))
-            rels[i] = rel
-            reused += 1
-            continue
-        if len(pending) >= 32:
+            rels[i] = np.load(io.BytesIO(fs.read_bytes(uri)))
+        else:
+            todo.append(i)
+    reused = len(ranges) - len(todo)
+    per_task = max(1, min(64, -(-len(todo) // max(1, int(4 * cluster_cpus())))))
+    remote = ray.remote(num_cpus=1)(_ranges_task)
+    pending: dict = {}
+
+    def collect(ref):
+        for j, rel in zip(pending.pop(ref), ray.get(ref)):
+            rels[j] = rel
+            _save_npy(uris[j], rel)
+
+    for g in range(0, len(todo), per_task):
+        group = todo[g:g + per_task]
+        base, end = int(table.offsets[ranges[group[0]][0]]), int(table.offsets[ranges[group[-1]][1]])
+        spans = [(int(table.offsets[ranges[j][0]]) - base, int(table.offsets[ranges[j][1]]) - base) for j in group]
+        if len(pending) >= 2 * max(1, int(cluster_cpus())):
             done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                j, juri = pending.pop(ref)
-                rels[j] = ray.get(ref)
-                _save_npy(juri, rels[j])
-        pending[remote.remote(cent[lo:hi], table.video_pos[lo:hi], link)] = (i, uri)
-    for ref, (j, juri) in pending.items():
-        rels[j] = ray.get(ref)
-        _save_npy(juri, rels[j])
+            collect(done[0])
+        pending[remote.remote(cent[base:end], table.video_pos[base:end], spans, link)] = group
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        collect(done[0])
     # stored relative to the range's first identity: shift to global indices now
     out = []
-    for (s, e, _), rel in zip(ranges, rels):
+    for (s, _, _), rel in zip(ranges, rels):
         rel = np.array(rel, np.float64).reshape(-1, 3)
         if len(rel):
             rel[:, :2] += table.offsets[s]
         out.append(rel)
     log(f"linked {len(ranges)} sliding ranges (window {cfg.link.window}, stride {cfg.link.stride}): "
-        f"{len(ranges) - reused} computed, {reused} reused; {sum(len(r) for r in out)} relations")
-    return out, len(ranges) - reused, reused
+        f"{len(todo)} computed, {reused} reused; {sum(len(r) for r in out)} relations")
+    return out, len(todo), reused
 
 
 def _save_npy(uri: str, arr: np.ndarray) -> None:
