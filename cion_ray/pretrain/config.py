@@ -1,0 +1,134 @@
+"""Configuration of the pre-training stage. Defaults are the released CION recipe
+(../DESIGN: "Identity-guided self-distillation"); tests and the demo shrink them."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from cion_ray.errors import ConfigError
+
+# released gradual-K schedule: K = 2, 4, 6, 8 from epochs 0, 40, 60, 80 of 100
+GRADUAL_K = "0:2,0.4:4,0.6:6,0.8:8"
+
+
+def parse_k_schedule(text: str) -> list[tuple[float, int]]:
+    """"0:2,0.4:4" -> [(0.0, 2), (0.4, 4)]: (fraction of the epochs where K starts, K)."""
+    try:
+        steps = [(float(a), int(b)) for a, b in (part.split(":") for part in text.split(",") if part.strip())]
+    except ValueError:
+        raise ConfigError(f"optim.k_schedule: expected 'fraction:K,...' (e.g. {GRADUAL_K}), got {text!r}") from None
+    if not steps:
+        raise ConfigError("optim.k_schedule is empty")
+    return steps
+
+
+@dataclass
+class ViewsConfig:
+    global_size: tuple[int, int] = (256, 128)  # (height, width)
+    local_size: tuple[int, int] = (128, 64)
+    local_crops: int = 8
+    global_scale: tuple[float, float] = (0.8, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.8)
+    ratio: tuple[float, float] = (0.4, 0.6)  # width / height, as RandomResizedCrop's ratio
+
+    def __post_init__(self):
+        if self.local_crops < 0:
+            raise ConfigError("views.local_crops must be >= 0")
+        for name in ("global_size", "local_size", "global_scale", "local_scale", "ratio"):
+            if len(getattr(self, name)) != 2:
+                raise ConfigError(f"views.{name} needs two values")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "resnet50_ibn"
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    norm_last_layer: bool = True
+    sync_bn: bool = True  # CNNs on GPU with several workers
+
+
+@dataclass
+class OptimConfig:
+    epochs: int = 100
+    batch_per_worker: int = 120  # fixed; P = batch // K shrinks as K grows
+    lr: float = 5e-4  # per 256 images of the total batch
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # per-parameter gradient norm clip, 0 = off
+    freeze_last_layer: int = 1  # epochs with the head's last layer frozen
+    momentum_teacher: float = 0.996
+    teacher_temp: float = 0.04
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+    # gradual K: "fraction:K,..." (where each K starts, as a fraction of the epochs);
+    # "0:1" = instance-level DINO, "0:2" = a constant K
+    k_schedule: str = GRADUAL_K
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16
+    iters_per_epoch: int = 0  # 0: images of the (fraction of the) data set / total batch
+
+    @property
+    def k_steps(self) -> list[tuple[float, int]]:
+        return parse_k_schedule(self.k_schedule)
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_per_worker < 1:
+            raise ConfigError("optim: need epochs >= 1 and batch_per_worker >= 1")
+        ks = parse_k_schedule(self.k_schedule)
+        if ks[0][0] != 0.0 or any(b[0] <= a[0] for a, b in zip(ks, ks[1:])) or any(not 0 <= f < 1 for f, _ in ks):
+            raise ConfigError(f"optim.k_schedule must start at 0 and rise within [0, 1): {self.k_schedule}")
+        if any(k < 1 or k > self.batch_per_worker for _, k in ks):
+            raise ConfigError(f"optim.k_schedule: every K must be in 1..batch_per_worker, got {self.k_schedule}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ConfigError(f"optim.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.warmup_epochs < 0:
+            raise ConfigError("optim.warmup_epochs must be >= 0")
+        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+            self.warmup_epochs = self.epochs - 1
+
+
+@dataclass
+class ScaleConfig:
+    workers: int = 1
+    gpus_per_worker: float = -1.0  # < 0: 1 when the cluster has GPUs, else 0 (CPU, gloo)
+    cpus_per_worker: float = 1.0
+    loader_workers: int = 2  # DataLoader processes per training worker
+    max_failures: int = 2  # worker-group restarts from the last checkpoint
+
+
+@dataclass
+class PretrainConfig:
+    data: str = ""  # curated output (identities Parquet), track output (tracklet labels), or a CION-AL JSON
+    out: str = ""  # run folder or s3:// prefix: Ray Train storage, checkpoints, TensorBoard, exports
+    crops: str = ""  # tracking output holding a curated output's images (default: as recorded by curate)
+    labels: str = "identity"  # identity (curated) or tracklet (the tracklet-level baseline)
+    data_fraction: float = 1.0
+    seed: int = 0
+    checkpoint_every: int = 1  # epochs between checkpoints
+    fault_drill_iteration: int = 0  # > 0: the last worker dies once at this iteration (a recovery drill)
+    views: ViewsConfig = field(default_factory=ViewsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+
+    def __post_init__(self):
+        if not 0 < self.data_fraction <= 1:
+            raise ConfigError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
+        if self.labels not in ("identity", "tracklet"):
+            raise ConfigError(f"labels must be 'identity' or 'tracklet', got {self.labels!r}")
+        if self.checkpoint_every < 1:
+            raise ConfigError("checkpoint_every must be >= 1")
+        if self.scale.workers < 1:
+            raise ConfigError("scale.workers must be >= 1")
+
+    def fingerprint(self) -> str:
+        """What a resumed run must share with the one it continues."""
+        d = asdict(self)
+        for k in ("out", "fault_drill_iteration"):
+            d.pop(k)
+        d["scale"] = {"workers": self.scale.workers}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]

@@ -1,0 +1,158 @@
+"""Training images and their identities, from any of three sources:
+
+- a curated output (curate stage: identities Parquet, images from the crops Parquet it curated);
+- a tracking output (track stage), with labels="tracklet": every tracklet its own identity,
+  the tracklet-level baseline;
+- a CION-AL JSON ([{"file_path", "id"}], paths relative to the JSON's folder), the released format.
+
+`labels="tracklet"` on a curated output uses its (video, tracklet) pairs as identities instead.
+A seeded fraction of the identities is kept (the same subset for the same seed, and a smaller
+fraction is a subset of a larger one); each worker then loads only the images of its own shard.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cion_ray.errors import CionError
+from cion_ray.io import fs, runs
+
+
+@dataclass
+class LabelTable:
+    """keys: (N,) crop ids or image URIs; identity: (N,) int64 identity per image."""
+
+    kind: str  # "parquet" or "files"
+    keys: np.ndarray
+    identity: np.ndarray
+    crop_files: list[str] = field(default_factory=list)  # kind == "parquet": where the JPEG bytes are
+    source: str = ""
+    crops: str = ""  # the tracking output the crop files belong to
+
+    @property
+    def n_identities(self) -> int:
+        return int(len(np.unique(self.identity)))
+
+    def subset(self, mask: np.ndarray) -> "LabelTable":
+        return LabelTable(self.kind, self.keys[mask], self.identity[mask], self.crop_files, self.source, self.crops)
+
+
+def _read_parquet(files: list[str], columns: list[str], filt=None):
+    import pyarrow.dataset as ds
+
+    if not files:
+        return None
+    filesystem, _ = fs.arrow_fs(files[0])
+    paths = [fs.arrow_fs(f)[1] for f in files]
+    return ds.dataset(paths, format="parquet", filesystem=filesystem).to_table(columns=columns, filter=filt)
+
+
+def _factorize(values: np.ndarray) -> np.ndarray:
+    _, inv = np.unique(values, return_inverse=True)
+    return inv.astype(np.int64)
+
+
+def absolute(uri: str) -> str:
+    """A local path made absolute (workers of a cluster run elsewhere); URIs unchanged."""
+    if not uri or fs.is_remote(uri):
+        return uri
+    import os
+
+    return os.path.abspath(uri)
+
+
+def load_labels(data: str, labels: str = "identity", crops: str = "") -> LabelTable:
+    """Read the (image, identity) table of a data source (see the module doc)."""
+    if not data:
+        raise CionError("pre-training needs --data: a curated output, a tracking output or a CION-AL JSON")
+    if data.endswith(".json"):
+        return _from_json(data, labels)
+    if not fs.exists(data):
+        raise CionError(f"training data {data}: not found")
+    manifest = fs.join(data, runs.MANIFEST)
+    m = fs.read_json(manifest) if fs.exists(manifest) else None
+    if m is not None and m.get("stage") == "curate":
+        if "identities" not in m:
+            raise CionError(f"{data}: the curation there has not committed identities yet")
+        files = [fs.join(data, f) for f in m["identities"]["files"]]
+        t = _read_parquet(files, ["crop_id", "identity", "video_id", "track_id"])
+        crops = crops or m.get("config", {}).get("crops", "")
+        if not crops or not fs.exists(fs.join(crops, runs.MANIFEST)):
+            raise CionError(f"{data}: its crops ({crops or 'unknown'}) are not reachable from here; "
+                            "pass the tracking output with --set crops=URI")
+        keys = np.asarray(t.column("crop_id").to_pylist(), dtype=object)
+        if labels == "tracklet":
+            ident = _factorize(np.char.add(np.asarray(t.column("video_id").to_pylist(), dtype=str),
+                                           "/" + np.asarray(t.column("track_id"), dtype=np.int64).astype(str)))
+        else:
+            ident = np.asarray(t.column("identity"), dtype=np.int64)
+        return LabelTable("parquet", keys, ident, runs.committed_files(crops, "track"), f"curated {data}", crops)
+    if fs.exists(fs.join(data, "cion_al.json")):
+        return _from_json(fs.join(data, "cion_al.json"), labels)
+    if m is not None and m.get("stage") == "track":
+        if labels != "tracklet":
+            raise CionError(f"{data}: is a tracking output, which has tracklets, not identities; "
+                            "curate it first, or train the tracklet-level baseline with --labels tracklet")
+        files = runs.committed_files(data, "track")
+        t = _read_parquet(files, ["crop_id", "video_id", "track_id"])
+        if t is None or t.num_rows == 0:
+            raise CionError(f"{data}: the tracking output holds no crops")
+        keys = np.asarray(t.column("crop_id").to_pylist(), dtype=object)
+        ident = _factorize(np.char.add(np.asarray(t.column("video_id").to_pylist(), dtype=str),
+                                       "/" + np.asarray(t.column("track_id"), dtype=np.int64).astype(str)))
+        return LabelTable("parquet", keys, ident, files, f"tracklets of {data}", data)
+    raise CionError(f"training data {data}: neither a curated output, a tracking output nor a CION-AL JSON")
+
+
+def _from_json(uri: str, labels: str) -> LabelTable:
+    if labels != "identity":
+        raise CionError(f"{uri}: a CION-AL JSON carries identities only (no tracklets); use --labels identity")
+    if not fs.exists(uri):
+        raise CionError(f"training data {uri}: not found")
+    try:
+        entries = fs.read_json(uri)
+        paths = [str(e["file_path"]) for e in entries]
+        ident = np.asarray([int(e["id"]) for e in entries], dtype=np.int64)
+    except (TypeError, KeyError, ValueError) as e:
+        raise CionError(f"{uri}: not a CION-AL JSON (a list of {{\"file_path\", \"id\"}}): {e}") from None
+    base = uri.rsplit("/", 1)[0] if "/" in uri else "."
+    keys = np.asarray([p if fs.is_remote(p) or p.startswith("/") else fs.join(base, p) for p in paths], dtype=object)
+    return LabelTable("files", keys, ident, source=f"CION-AL {uri}")
+
+
+def select_identities(identity: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The identity ids kept for a data fraction: a seeded prefix of a permutation, so a smaller
+    fraction (same seed) is a subset of a larger one."""
+    ids = np.unique(identity)
+    n = max(1, math.ceil(fraction * len(ids) - 1e-9))
+    perm = np.random.default_rng([seed, 11]).permutation(len(ids))
+    return np.sort(ids[perm[:n]])
+
+
+def fetch_images(table: LabelTable) -> list[bytes]:
+    """The encoded image of every row of `table`, in row order."""
+    if len(table.keys) == 0:
+        return []
+    if table.kind == "files":
+        out = []
+        for k in table.keys:
+            try:
+                out.append(fs.read_bytes(k))
+            except CionError:
+                raise
+            except Exception as e:
+                raise CionError(f"training image {k}: cannot read ({type(e).__name__}: {e})") from None
+        return out
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    wanted = pa.array(list(table.keys), type=pa.string())
+    t = _read_parquet(table.crop_files, ["crop_id", "crop"], pc.field("crop_id").isin(wanted))
+    found = dict(zip(t.column("crop_id").to_pylist(), t.column("crop").to_pylist()))
+    missing = [k for k in table.keys if k not in found]
+    if missing:
+        raise CionError(f"{len(missing)} curated crops are missing from the crops Parquet "
+                        f"({', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''})")
+    return [found[k] for k in table.keys]

@@ -1,0 +1,245 @@
+"""The pre-training loop, independent of how it is distributed.
+
+`train(cfg, ctx)` runs on every worker. `ctx` (a TrainContext) supplies rank, world size,
+device, the cross-worker sum, DDP wrapping, reporting and checkpoints: the Ray Train launcher
+(cion_ray/runtime/pretrain.py) passes one backed by ray.train, `LocalContext` runs the same
+loop in one plain process (the baseline of bench_pretrain and the fast tests).
+
+Checkpoints hold everything the next step depends on, by name: student, teacher, optimizer,
+loss centre, grad scaler, the epoch and global iteration, and the sampler's seed (the sampler
+is a function of (seed, epoch, rank), so resuming at an epoch reproduces its batches).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from cion_ray.errors import CionError
+from cion_ray.pretrain.config import PretrainConfig
+from cion_ray.pretrain.data import fetch_images, load_labels, select_identities
+from cion_ray.pretrain.sampler import IdentitySampler, shard_identities
+from cion_ray.pretrain.schedules import cosine_schedule, k_at_epoch
+from cion_ray.pretrain.task import CIONTask, clip_gradients, has_batchnorm
+from cion_ray.pretrain.views import MultiCropViews, decode_jpeg
+
+FORMAT = "cion-ray-pretrain/1"
+
+
+class TrainContext(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor: ...
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
+    def latest_checkpoint(self) -> dict | None: ...
+    def report(self, metrics: dict, checkpoint: dict | None) -> None: ...
+
+
+class LocalContext:
+    """One process, no process group; checkpoints as files under `ckpt_dir`."""
+
+    rank = 0
+    world_size = 1
+
+    def __init__(self, ckpt_dir: str | Path | None = None, device: str = "cpu"):
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+        self.device = torch.device(device)
+        self.metrics: list[dict] = []
+
+    def all_reduce_sum(self, t):
+        return t
+
+    def wrap(self, model):
+        return model
+
+    def latest_checkpoint(self):
+        if self.ckpt_dir is None or not (self.ckpt_dir / "checkpoint.pt").exists():
+            return None
+        return torch.load(self.ckpt_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
+
+    def report(self, metrics, checkpoint):
+        self.metrics.append(dict(metrics))
+        if checkpoint is not None and self.ckpt_dir is not None:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.ckpt_dir / "checkpoint.pt.tmp"
+            torch.save(checkpoint, tmp)
+            tmp.replace(self.ckpt_dir / "checkpoint.pt")
+
+
+class ImageViews(torch.utils.data.Dataset):
+    def __init__(self, images: list[bytes], names: list[str], views: MultiCropViews):
+        self.images, self.names, self.views = images, names, views
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.views(decode_jpeg(self.images[i], self.names[i]))
+
+
+def _seed_worker(worker_id: int) -> None:
+    s = torch.initial_seed() % 2 ** 32
+    random.seed(s)
+    np.random.seed(s)
+
+
+def _precision(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
+    p = cfg.optim.precision
+    if p == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
+
+
+class WorkerData:
+    """This worker's shard of the training images, loaded once."""
+
+    def __init__(self, cfg: PretrainConfig, rank: int, world_size: int, log: Callable[[str], None] = print):
+        table = load_labels(cfg.data, cfg.labels, cfg.crops)
+        kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
+        table = table.subset(np.isin(table.identity, kept))
+        self.total_images = len(table.keys)
+        self.total_identities = len(kept)
+        mine = shard_identities(table.identity, world_size, rank, cfg.seed)
+        table = table.subset(np.isin(table.identity, mine))
+        t0 = time.perf_counter()
+        self.images = fetch_images(table)
+        self.names = [str(k) for k in table.keys]
+        self.labels = table.identity
+        if rank == 0:
+            log(f"data: {table.source}: {self.total_identities} identities, {self.total_images} images "
+                f"(fraction {cfg.data_fraction}, seed {cfg.seed}); worker 0 holds {len(mine)} identities, "
+                f"{len(self.images)} images, loaded in {time.perf_counter() - t0:.1f}s")
+
+
+def iterations_per_epoch(cfg: PretrainConfig, total_images: int, world_size: int) -> int:
+    if cfg.optim.iters_per_epoch > 0:
+        return cfg.optim.iters_per_epoch
+    return max(1, total_images // (cfg.optim.batch_per_worker * world_size))
+
+
+def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = print,
+          on_epoch: Callable[[dict], None] | None = None, fault: Callable[[int], None] | None = None) -> dict:
+    """Run (or resume) pre-training on this worker; returns the last epoch's metrics.
+
+    on_epoch(metrics): rank 0's per-epoch hook (TensorBoard); fault(iteration): called after every
+    step, the launcher's fault-injection drill."""
+    torch.manual_seed(cfg.seed + 1000 * ctx.rank)
+    data = WorkerData(cfg, ctx.rank, ctx.world_size, log)
+    o = cfg.optim
+    ipe = iterations_per_epoch(cfg, data.total_images, ctx.world_size)
+    total_batch = o.batch_per_worker * ctx.world_size
+    lr = cosine_schedule(o.lr * total_batch / 256.0, o.min_lr, o.epochs, ipe, o.warmup_epochs)
+    wd = cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, ipe)
+    mom = cosine_schedule(o.momentum_teacher, 1.0, o.epochs, ipe)
+
+    task = CIONTask(cfg, ctx.all_reduce_sum, ctx.world_size)
+    device = ctx.device
+    if device.type == "cuda" and ctx.world_size > 1 and cfg.model.sync_bn and has_batchnorm(task.student):
+        task.convert_sync_batchnorm()
+    task.to(device)
+    task.wrap_student(ctx.wrap)
+    opt = torch.optim.AdamW(task.param_groups())
+    dtype = _precision(cfg, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    start_epoch, it = 0, 0
+    state = ctx.latest_checkpoint()
+    if state is not None:
+        if state.get("format") != FORMAT:
+            raise CionError("the checkpoint to resume from is not a cion-ray pre-training checkpoint")
+        if state.get("arch") != cfg.model.arch:
+            raise CionError(f"the checkpoint is of {state.get('arch')!r}, not {cfg.model.arch!r}")
+        task.student.load_state_dict(state["student"])
+        task.teacher.load_state_dict(state["teacher"])
+        task.loss.load_state_dict(state["loss"])
+        opt.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        start_epoch, it = int(state["epoch"]), int(state["iteration"])
+        if ctx.rank == 0:
+            log(f"resumed at epoch {start_epoch}, iteration {it}")
+
+    sampler = IdentitySampler(data.labels, o.batch_per_worker, cfg.seed, ctx.rank)
+    views = MultiCropViews(cfg.views)
+    dataset = ImageViews(data.images, data.names, views)
+    metrics: dict = {}
+    for epoch in range(start_epoch, o.epochs):
+        k = k_at_epoch(o.k_steps, o.epochs, epoch)
+        batches = sampler.batches(epoch, k, ipe)
+        random.seed(cfg.seed * 1_000_003 + epoch * 101 + ctx.rank)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=batches, num_workers=cfg.scale.loader_workers,
+            worker_init_fn=_seed_worker, persistent_workers=False, pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 13 + ctx.rank))
+        task.train()
+        t0 = time.perf_counter()
+        loss_sum, steps = torch.zeros((), device=device), 0
+        for views_b in loader:
+            views_b = [v.to(device, non_blocking=True) for v in views_b]
+            for g_i, g in enumerate(opt.param_groups):
+                g["lr"] = lr[it]
+                if g_i == 0:
+                    g["weight_decay"] = wd[it]
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = task(views_b, k)
+            if not math.isfinite(loss.item()):
+                raise CionError(f"loss is {loss.item()} at epoch {epoch}, iteration {it}: stopping")
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if o.clip_grad > 0:
+                clip_gradients(task.student, o.clip_grad)
+            task.cancel_last_layer_grad(epoch)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            task.update_teacher(float(mom[it]))
+            loss_sum += loss.detach()
+            steps += 1
+            it += 1
+            if fault is not None:
+                fault(it)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        stats = ctx.all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(steps), device=device)]))
+        metrics = {"epoch": epoch + 1, "iteration": it, "loss": float(stats[0] / stats[1]), "k": k,
+                   "lr": float(lr[it - 1]), "weight_decay": float(wd[it - 1]), "momentum": float(mom[it - 1]),
+                   "images_per_s": steps * o.batch_per_worker * ctx.world_size / seconds,
+                   "epoch_seconds": seconds, "identities": data.total_identities, "images": data.total_images}
+        last = epoch + 1 == o.epochs
+        ckpt = None
+        if ctx.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+            ckpt = checkpoint_state(cfg, task, opt, scaler, epoch + 1, it)
+        if ctx.rank == 0:
+            log(f"epoch {epoch + 1}/{o.epochs}  K {k}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+                f"momentum {metrics['momentum']:.4f}  {metrics['images_per_s']:.1f} img/s")
+            if on_epoch is not None:
+                on_epoch(metrics)
+        ctx.report(metrics, ckpt)
+    return metrics
+
+
+def checkpoint_state(cfg: PretrainConfig, task: CIONTask, opt, scaler, epoch: int, iteration: int) -> dict:
+    def cpu(sd):
+        return {k: v.detach().cpu() for k, v in sd.items()}
+
+    return {"format": FORMAT, "arch": cfg.model.arch, "epoch": epoch, "iteration": iteration,
+            "student": cpu(task.student.state_dict()), "teacher": cpu(task.teacher.state_dict()),
+            "loss": cpu(task.loss.state_dict()), "optimizer": opt.state_dict(),
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "sampler": {"seed": cfg.seed, "epoch": epoch}, "config": asdict(cfg),
+            "fingerprint": cfg.fingerprint()}

@@ -1,0 +1,73 @@
+"""The P x K identity sampler (as in the released CION code, per worker).
+
+Each epoch, every identity's images are shuffled and cut into groups of K (an identity with
+fewer than K images is drawn with replacement up to K; an incomplete last group is dropped);
+batches are P = batch // K groups of distinct identities, stored contiguously (row p * K + i
+is image i of identity p), which is the layout the loss expects. Everything is a function of
+(seed, epoch, rank), so a resumed run sees the same batches.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def shard_identities(identities: np.ndarray, world_size: int, rank: int, seed: int) -> np.ndarray:
+    """The identity ids (a sorted subset of np.unique(identities)) this rank trains on: whole
+    identities per rank, so an identity's P x K groups never straddle workers."""
+    ids = np.unique(identities)
+    perm = np.random.default_rng([seed, 7]).permutation(len(ids))
+    return np.sort(ids[perm[rank::world_size]])
+
+
+class IdentitySampler:
+    """labels: (N,) identity of each local image. batches(epoch, k, n) -> n lists of B = P * K
+    local image indices."""
+
+    def __init__(self, labels: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0):
+        labels = np.asarray(labels)
+        if len(labels) == 0:
+            raise ValueError("the identity sampler got no images")
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        order = np.argsort(labels, kind="stable")
+        ids, starts = np.unique(labels[order], return_index=True)
+        self.groups = np.split(order, starts[1:])  # image indices per identity
+        self.identities = ids
+
+    def per_batch(self, k: int) -> int:
+        return max(1, self.batch_size // k)
+
+    def _pass(self, rng: np.random.Generator, k: int) -> list[list[int]]:
+        p = self.per_batch(k)
+        if len(self.groups) < p:
+            raise ValueError(f"a batch needs {p} distinct identities (batch {self.batch_size}, K {k}) "
+                             f"but this worker has {len(self.groups)}: lower the batch size or use fewer workers")
+        pools: list[list[np.ndarray]] = []
+        for g in self.groups:
+            idx = rng.permutation(g) if len(g) >= k else rng.choice(g, size=k, replace=True)
+            pools.append([idx[i:i + k] for i in range(0, len(idx) - k + 1, k)])
+        for pool in pools:
+            pool.reverse()  # pop() takes them in shuffled order
+        avail = [i for i, pool in enumerate(pools) if pool]
+        batches = []
+        while len(avail) >= p:
+            chosen = rng.choice(len(avail), size=p, replace=False)
+            picked = [avail[c] for c in chosen]
+            batches.append([int(x) for i in picked for x in pools[i].pop()])
+            avail = [i for i in avail if pools[i]]
+        return batches
+
+    def batches(self, epoch: int, k: int, n: int) -> list[list[int]]:
+        """Exactly n batches for this epoch: passes over the identities are repeated (each with its
+        own shuffle) until n are drawn, so every worker steps the same number of times."""
+        out: list[list[int]] = []
+        rep = 0
+        while len(out) < n:
+            rng = np.random.default_rng([self.seed, epoch, self.rank, rep])
+            got = self._pass(rng, k)
+            if not got:
+                raise ValueError("the identity sampler produced no batch")
+            out += got
+            rep += 1
+        return out[:n]

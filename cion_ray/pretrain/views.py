@@ -1,0 +1,76 @@
+"""Multi-crop views (the released CION augmentations): 2 global views (256x128) and N local
+views (128x64) of one person image, as normalised float tensors.
+
+Global: RandomResizedCrop scale (0.8, 1.0), ratio (0.4, 0.6); flip 0.5; colour jitter
+(0.4, 0.4, 0.2, 0.1) p 0.8; grayscale p 0.2; Gaussian blur p 1.0 (first) / 0.1 (second);
+solarize p 0.2 (second only). Local: scale (0.05, 0.8), blur p 0.5.
+"""
+from __future__ import annotations
+
+import io
+import random
+
+from PIL import Image, ImageFilter, ImageOps
+
+from cion_ray.pretrain.config import ViewsConfig
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+
+class RandomBlur:
+    """PIL Gaussian blur with a radius drawn from [0.1, 2.0], applied with probability p."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return img
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+
+
+class RandomSolarize:
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        return ImageOps.solarize(img) if random.random() < self.p else img
+
+
+class MultiCropViews:
+    """image (PIL RGB) -> [global1, global2, local1 .. localN], (3, H, W) float32 tensors."""
+
+    def __init__(self, cfg: ViewsConfig | None = None):
+        from torchvision import transforms as T
+
+        cfg = cfg or ViewsConfig()
+        self.cfg = cfg
+        colour = T.Compose([T.RandomHorizontalFlip(0.5),
+                            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+                            T.RandomGrayscale(p=0.2)])
+        norm = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+        bicubic = T.InterpolationMode.BICUBIC
+
+        def crop(size, scale):
+            return T.RandomResizedCrop(tuple(size), scale=tuple(scale), ratio=tuple(cfg.ratio),
+                                       interpolation=bicubic)
+
+        self.global1 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(1.0), norm])
+        self.global2 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(0.1),
+                                  RandomSolarize(0.2), norm])
+        self.local = T.Compose([crop(cfg.local_size, cfg.local_scale), colour, RandomBlur(0.5), norm])
+
+    @property
+    def n_views(self) -> int:
+        return 2 + self.cfg.local_crops
+
+    def __call__(self, img: Image.Image) -> list:
+        return [self.global1(img), self.global2(img)] + [self.local(img) for _ in range(self.cfg.local_crops)]
+
+
+def decode_jpeg(data: bytes, name: str = "image") -> Image.Image:
+    try:
+        return Image.open(io.BytesIO(data)).convert("RGB")
+    except Exception as e:
+        raise ValueError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None

@@ -1,0 +1,200 @@
+"""Pre-training on Ray Train: a TorchTrainer whose workers run cion_ray.pretrain.loop.train.
+
+Layout of `cfg.out` (a folder or s3:// prefix):
+    pretrain.json     the run's config and fingerprint (a resume must match it)
+    train/            Ray Train storage: checkpoints (checkpoint_*/checkpoint.pt), kept 2 newest
+    metrics.json      one entry per epoch; tensorboard/  event files
+    export/           teacher.pth (released CION layout) and backbone.pth (plain state dict)
+A lost worker (or node) restarts the worker group from the newest checkpoint, up to
+`scale.max_failures` times; `resume=True` continues a stopped run from it.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import ray
+import torch
+
+from cion_ray.errors import CionError
+from cion_ray.io import fs
+from cion_ray.pretrain.config import PretrainConfig
+from cion_ray.runtime.session import cluster_gpus, ensure_ray
+
+RUN_NAME = "train"
+CKPT_FILE = "checkpoint.pt"
+
+
+class RayTrainContext:
+    """The loop's TrainContext on a Ray Train worker."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        c = ray.train.get_context()
+        self.rank = c.get_world_rank()
+        self.world_size = c.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            torch.distributed.all_reduce(t)
+        return t
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.world_size == 1:
+            return model
+        ids = [self.device] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def latest_checkpoint(self) -> dict | None:
+        import ray.train
+
+        ck = ray.train.get_checkpoint()
+        if ck is None:
+            return None
+        with ck.as_directory() as d:
+            return torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)
+
+    def report(self, metrics: dict, checkpoint: dict | None) -> None:
+        import ray.train
+
+        if checkpoint is None:  # every rank reports: it is a barrier
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="cion-ckpt-") as d:
+            torch.save(checkpoint, Path(d) / CKPT_FILE)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+def _fault_drill(cfg: PretrainConfig, rank: int, world: int):
+    """Kill the last worker once at iteration cfg.fault_drill_iteration (a marker in the output
+    records that it happened, so the restarted group runs through)."""
+    if cfg.fault_drill_iteration <= 0 or rank != world - 1:
+        return None
+    marker = fs.join(cfg.out, "_faults", f"killed-at-{cfg.fault_drill_iteration}")
+
+    def fault(it: int) -> None:
+        if it == cfg.fault_drill_iteration and not fs.exists(marker):
+            fs.write_bytes_atomic(marker, f"rank {rank} killed at iteration {it}\n".encode())
+            os._exit(1)
+
+    return fault
+
+
+def _worker_loop(config: dict) -> None:
+    from cion_ray.config import from_dict
+    from cion_ray.pretrain.loop import train
+    from cion_ray.pretrain.metrics import EpochLog
+
+    cfg = from_dict(PretrainConfig, config["cfg"])
+    ctx = RayTrainContext()
+    torch.set_num_threads(max(1, int(config["threads"])))
+    log = EpochLog(cfg.out) if ctx.rank == 0 else None
+    try:
+        train(cfg, ctx, log=lambda m: print(m, flush=True), on_epoch=log,
+              fault=_fault_drill(cfg, ctx.rank, ctx.world_size))
+    finally:
+        if log is not None:
+            log.close()
+
+
+@dataclass
+class PretrainResult:
+    out: str
+    metrics: dict
+    checkpoint: str
+    exports: dict
+    seconds: float
+
+
+def _storage(out: str):
+    """(storage_path, storage_filesystem) for Ray Train."""
+    if fs.is_remote(out):
+        afs, path = fs.arrow_fs(out)
+        return path, afs
+    return str(Path(out).resolve()), None
+
+
+def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool = False,
+                 log=print) -> PretrainResult:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from cion_ray.pretrain.data import absolute, load_labels, select_identities
+    from cion_ray.pretrain.export import write_exports
+    from cion_ray.zoo.factory import create_backbone
+
+    if not cfg.out:
+        raise CionError("pre-training needs an output (--out)")
+    cfg = replace(cfg, data=absolute(cfg.data), out=absolute(cfg.out), crops=absolute(cfg.crops))
+    create_backbone(cfg.model.arch, tuple(cfg.views.global_size))  # unknown names fail here, not on a worker
+    table = load_labels(cfg.data, cfg.labels, cfg.crops)  # bad data fails here too, with its name
+    if table.crops and not cfg.crops:  # pin the crops a curated output points to, for the workers
+        cfg = replace(cfg, crops=absolute(table.crops))
+    kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
+    per_batch = cfg.optim.batch_per_worker // max(k for _, k in cfg.optim.k_steps)
+    if len(kept) < cfg.scale.workers * max(1, per_batch):
+        raise CionError(f"{cfg.data}: {len(kept)} identities (fraction {cfg.data_fraction}) are too few for "
+                        f"{cfg.scale.workers} workers x {per_batch} identities per batch")
+    run_json = fs.join(cfg.out, "pretrain.json")
+    if fs.exists(run_json):
+        if not resume:
+            raise CionError(f"{cfg.out}: holds a pre-training run already; pass --resume to continue it, "
+                            "or choose another --out")
+        prev = fs.read_json(run_json)
+        if prev.get("fingerprint") != cfg.fingerprint():
+            raise CionError(f"{cfg.out}: the run there has another configuration (fingerprint "
+                            f"{prev.get('fingerprint')}, now {cfg.fingerprint()}); resume it with the same settings")
+    elif resume:
+        raise CionError(f"{cfg.out}: no pre-training run to resume there")
+    else:
+        fs.write_json(run_json, {"fingerprint": cfg.fingerprint(), "config": asdict(cfg)})
+
+    ensure_ray(address)
+    gpus = cfg.scale.gpus_per_worker
+    if gpus < 0:
+        gpus = 1.0 if cluster_gpus() >= 1 else 0.0
+    resources = {"CPU": cfg.scale.cpus_per_worker}
+    if gpus > 0:
+        resources["GPU"] = gpus
+    storage_path, storage_fs = _storage(cfg.out)
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"cfg": asdict(cfg), "threads": cfg.scale.cpus_per_worker},
+        scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
+                             failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+    t0 = time.perf_counter()
+    log(f"pre-training {cfg.model.arch} on {cfg.data}: {cfg.scale.workers} worker(s), "
+        f"{'GPU' if gpus > 0 else 'CPU'}, {cfg.optim.epochs} epochs -> {cfg.out}")
+    try:
+        result = trainer.fit()
+    except Exception as e:  # a worker error arrives wrapped: show its message, not Ray's traceback
+        raise CionError(f"pre-training failed: {_root_message(e)}") from None
+    if result.checkpoint is None:
+        raise CionError("pre-training ended without a checkpoint")
+    with result.checkpoint.as_directory() as d:
+        state = torch.load(Path(d) / CKPT_FILE, map_location="cpu", weights_only=False)
+    exports = write_exports(state, fs.join(cfg.out, "export"))
+    metrics_uri = fs.join(cfg.out, "metrics.json")
+    history = fs.read_json(metrics_uri) if fs.exists(metrics_uri) else []
+    return PretrainResult(cfg.out, history[-1] if history else dict(result.metrics or {}),
+                          result.checkpoint.path, exports, time.perf_counter() - t0)
+
+
+def _root_message(e: BaseException) -> str:
+    seen = e
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    lines = str(seen).strip().splitlines()
+    msg = lines[-1] if lines else type(seen).__name__
+    for prefix in ("cion_ray.errors.CionError: ", "cion_ray.errors.ConfigError: "):
+        msg = msg.replace(prefix, "")
+    return msg
