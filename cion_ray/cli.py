@@ -138,6 +138,67 @@ def _curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_pretrain_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data", required=True,
+                   help="curated output, tracking output (with --labels tracklet) or CION-AL JSON; local or s3://")
+    s.add_argument("--arch", help="backbone: a ReIDZoo name (cion-ray zoo list) or a timm name")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--workers", type=int, help="Ray Train workers")
+    s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 when the cluster has GPUs)")
+    s.add_argument("--cpus-per-worker", type=float)
+    s.add_argument("--batch", type=int, help="images per worker and step (P x K)")
+    s.add_argument("--data-fraction", type=float, help="train on this seeded fraction of the identities")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--labels", choices=["identity", "tracklet"], help="tracklet: the tracklet-level baseline")
+    s.add_argument("--k-schedule", help='gradual K as "fraction:K,..." (default 0:2,0.4:4,0.6:6,0.8:8; '
+                                        '"0:1" = instance-level DINO)')
+    s.add_argument("--out", required=True, help="run folder or s3:// prefix")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
+    s.add_argument("--config", help="YAML file with PretrainConfig fields")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set model.out_dim=4096")
+
+
+def pretrain_config_from_args(args: argparse.Namespace):
+    from cion_ray.config import load_config
+    from cion_ray.pretrain.config import PretrainConfig
+
+    values = {"data": args.data, "out": args.out, "model.arch": args.arch, "optim.epochs": args.epochs,
+              "scale.workers": args.workers, "scale.gpus_per_worker": args.gpus_per_worker,
+              "scale.cpus_per_worker": args.cpus_per_worker, "optim.batch_per_worker": args.batch,
+              "data_fraction": args.data_fraction, "seed": args.seed, "labels": args.labels,
+              "optim.k_schedule": args.k_schedule}
+    return load_config(PretrainConfig, args.config, args.set, values=values)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    from cion_ray.runtime.pretrain import run_pretrain
+
+    r = run_pretrain(pretrain_config_from_args(args), address=args.address, resume=args.resume)
+    m = r.metrics
+    print(f"pre-trained in {r.seconds:.0f}s: epoch {m.get('epoch')}, loss {m.get('loss', float('nan')):.4f}, "
+          f"{m.get('images_per_s', 0):.1f} img/s")
+    print(f"  exports:     {r.exports['teacher.pth']} (CION layout), {r.exports['backbone.pth']} (state dict)")
+    print(f"  metrics:     {r.out}/metrics.json, TensorBoard: {r.out}/tensorboard")
+    print(f"  checkpoint:  {r.checkpoint}")
+    return 0
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    from cion_ray.zoo.factory import count_parameters, create_backbone, feature_dim
+    from cion_ray.zoo.registry import REGISTRY
+
+    names = [n for n, e in REGISTRY.items() if args.all or not e.test]
+    print(f"{'name':<18}{'family':<12}{'built from':<32}{'params (M)':>11}{'feature':>9}")
+    for n in names:
+        e = REGISTRY[n]
+        m = create_backbone(n)
+        src = f"timm {e.timm}" if e.timm else f"cion-ray ResNet{e.depth}{'-IBN-a' if e.ibn else ''}"
+        print(f"{n:<18}{e.family:<12}{src:<32}{count_parameters(m) / 1e6:>11.2f}{feature_dim(m):>9}", flush=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cion-ray", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -166,6 +227,16 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("curate", help="denoise tracklets and link them across videos into identities")
     add_curate_args(c)
     c.set_defaults(func=_curate)
+
+    r = sub.add_parser("pretrain", help="identity-guided self-distillation pre-training on Ray Train")
+    add_pretrain_args(r)
+    r.set_defaults(func=_pretrain)
+
+    z = sub.add_parser("zoo", help="the ReIDZoo backbones")
+    zs = z.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
+    zl = zs.add_parser("list", help="names, parameter counts and feature sizes (builds each model on the CPU)")
+    zl.add_argument("--all", action="store_true", help="include the tiny test variants")
+    zl.set_defaults(func=_zoo)
     return p
 
 

@@ -174,7 +174,9 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
     for epoch in range(start_epoch, o.epochs):
         k = k_at_epoch(o.k_steps, o.epochs, epoch)
         batches = sampler.batches(epoch, k, ipe)
+        # augmentation randomness is a function of (seed, epoch, rank): a resumed run repeats it
         random.seed(cfg.seed * 1_000_003 + epoch * 101 + ctx.rank)
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch * 101 + ctx.rank)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=batches, num_workers=cfg.scale.loader_workers,
             worker_init_fn=_seed_worker, persistent_workers=False, pin_memory=device.type == "cuda",
