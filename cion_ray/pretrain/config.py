@@ -98,6 +98,7 @@ class ScaleConfig:
     cpus_per_worker: float = 1.0
     loader_workers: int = 2  # DataLoader processes per training worker
     max_failures: int = 2  # worker-group restarts from the last checkpoint
+    allow_pending: bool = False  # start even if the cluster is too small now (an autoscaler will add nodes)
 
 
 @dataclass

@@ -162,6 +162,12 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     resources = {"CPU": cfg.scale.cpus_per_worker}
     if gpus > 0:
         resources["GPU"] = gpus
+    have = ray.cluster_resources()
+    need = {"CPU": cfg.scale.cpus_per_worker * cfg.scale.workers, "GPU": gpus * cfg.scale.workers}
+    short = [f"{need[r]:g} {r}s (the cluster has {have.get(r, 0):g})" for r in need if need[r] > have.get(r, 0)]
+    if short and not cfg.scale.allow_pending:
+        raise CionError(f"{cfg.scale.workers} workers need {' and '.join(short)}; use fewer workers or fewer "
+                        "resources per worker, or --set scale.allow_pending=true on an autoscaling cluster")
     storage_path, storage_fs = _storage(cfg.out)
     trainer = TorchTrainer(
         _worker_loop,
