@@ -33,7 +33,7 @@ def cion_al(world: Path, out: Path) -> Path:
 
     generate_world(SynthConfig(), world)
     files = sorted((world / "reid").glob("*/*.jpg"))
-    entries = [{"file_path": str(f), "id": int(f.name[:4])} for f in files if not f.name.startswith("-")]
+    entries = [{"file_path": str(f.resolve()), "id": int(f.name[:4])} for f in files if not f.name.startswith("-")]
     out.write_text(json.dumps(entries))
     return out
 

@@ -13,15 +13,47 @@ from cion_ray.synth import SynthConfig, generate_world
 from cion_ray.tracking.config import DetectorConfig, PoolConfig, TrackConfig
 
 
+# a small backbone at reduced view sizes, so that a few epochs fit in minutes on 2 CPU cores;
+# everything else (loss, sampler, schedules, teacher) is the released recipe
+DEMO_PRETRAIN = ["model.arch=resnet18_ibn", "model.out_dim=4096", "model.hidden_dim=512", "model.bottleneck_dim=128",
+                 "views.global_size=128,64", "views.local_size=64,32", "views.local_crops=2",
+                 "optim.batch_per_worker=32", "optim.epochs=4", "optim.iters_per_epoch=8", "optim.warmup_epochs=1",
+                 "scale.loader_workers=0"]
+
+
+def pretrain(out: Path, workers: int) -> dict:
+    import json
+
+    from cion_ray.config import load_config
+    from cion_ray.pretrain.config import PretrainConfig
+    from cion_ray.runtime.pretrain import run_pretrain
+
+    run = out / "pretrain"
+    cfg = load_config(PretrainConfig, None, DEMO_PRETRAIN + [f"data={out / 'curated'}", f"out={run}",
+                                                             f"scale.workers={workers}"])
+    done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else []
+    if done and done[-1]["epoch"] == cfg.optim.epochs and (run / "export" / "teacher.pth").exists():
+        return done[-1]
+    for m in done:
+        print(f"  epoch {m['epoch']}: loss {m['loss']:.3f} (done earlier)")
+    r = run_pretrain(cfg, resume=(run / "pretrain.json").exists(),
+                     log=lambda m: print(m, flush=True))
+    for m in json.loads((run / "metrics.json").read_text()):
+        print(f"  epoch {m['epoch']}/{cfg.optim.epochs}  K {m['k']}  loss {m['loss']:.3f}  lr {m['lr']:.2e}  "
+              f"momentum {m['momentum']:.4f}  {m['images_per_s']:.0f} img/s")
+    return r.metrics
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--actors", type=int, default=2, help="detector+tracker actors")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers for pre-training")
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
-        print("== 1/3 synthetic world ==", flush=True)
+        print("== 1/4 synthetic world ==", flush=True)
         world = generate_world(SynthConfig(seed=args.seed), out / "world")
         r = world.reid
         print(f"world:      {world.out} ({'reused' if world.reused else f'{world.seconds:.0f}s'}): "
@@ -33,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  preview   {world.out / 'preview.png'}  <- open this: each row is one person across videos",
               flush=True)
 
-        print("\n== 2/3 tracking (Ray Data, public detections + ByteTrack) ==", flush=True)
+        print("\n== 2/4 tracking (Ray Data, public detections + ByteTrack) ==", flush=True)
         from cion_ray.runtime.track import run_track
 
         track = run_track(TrackConfig(videos=str(world.out / "videos"), out=str(out / "crops"),
@@ -45,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  quality   MOTA {o['mota']:.3f}  IDF1 {o['idf1']:.3f}  ID switches {int(o['num_switches'])}"
               f"  (per video: {out / 'crops' / 'report.txt'})")
 
-        print("\n== 3/3 curation (embeddings, L1/L2 denoising, sliding-range linking) ==", flush=True)
+        print("\n== 3/4 curation (embeddings, L1/L2 denoising, sliding-range linking) ==", flush=True)
         from cion_ray.curation.config import CurateConfig, PoolConfig as CuratePool
         from cion_ray.curation.report import report_text
         from cion_ray.runtime.curate import run_curate
@@ -56,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"curated:    {out / 'curated'}: {cur.identities} identities, {cur.samples} images")
         print(f"  exports   {out / 'curated' / 'cion_al.json'}, {out / 'curated' / 'market'}")
         print(f"  sheet     {out / 'curated' / 'sheet.png'}  <- open this: each row should be one person")
+
+        print("\n== 4/4 pre-training (Ray Train, identity-guided self-distillation) ==", flush=True)
+        pre = pretrain(out, args.workers)
+        print(f"pre-trained: {out / 'pretrain'}: {pre['epoch']} epochs, loss {pre['loss']:.3f} "
+              f"(K {pre['k']}), {pre['images_per_s']:.0f} img/s over {pre['identities']} identities")
+        print(f"  exports   {out / 'pretrain' / 'export' / 'teacher.pth'} (CION layout), backbone.pth")
+        print(f"  metrics   {out / 'pretrain' / 'metrics.json'}, TensorBoard: {out / 'pretrain' / 'tensorboard'}")
     except CionError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
