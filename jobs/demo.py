@@ -17,7 +17,7 @@ from cion_ray.tracking.config import DetectorConfig, PoolConfig, TrackConfig
 # everything else (loss, sampler, schedules, teacher) is the released recipe
 DEMO_PRETRAIN = ["model.arch=resnet18_ibn", "model.out_dim=4096", "model.hidden_dim=512", "model.bottleneck_dim=128",
                  "views.global_size=128,64", "views.local_size=64,32", "views.local_crops=2",
-                 "optim.batch_per_worker=32", "optim.epochs=4", "optim.iters_per_epoch=8", "optim.warmup_epochs=1",
+                 "optim.batch_per_worker=24", "optim.epochs=3", "optim.iters_per_epoch=5", "optim.warmup_epochs=1",
                  "scale.loader_workers=0"]
 
 

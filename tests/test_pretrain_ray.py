@@ -49,6 +49,7 @@ def test_two_workers_survive_a_killed_worker_and_export(ray_session, cion_al, tm
     assert [m["k"] for m in history] == [2, 2, 4]
     assert all(math.isfinite(m["loss"]) and m["images_per_s"] > 0 for m in history)
     assert history[-1]["iteration"] == 9 and history[-1]["identities"] == 16
+    assert all(m["teacher_spread"] < 1e-6 for m in history), "both workers hold the same teacher"
     assert r.metrics["epoch"] == 3
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     teacher = torch.load(r.exports["teacher.pth"], weights_only=True)["teacher"]

@@ -382,3 +382,20 @@ def test_loop_trains_checkpoints_and_resumes_to_the_same_weights(tmp_path):
     torch.manual_seed(init.seed)
     fresh = CIONTask(init).teacher.state_dict()
     assert any(not torch.equal(fresh[k], a["teacher"][k]) for k in fresh if fresh[k].is_floating_point())
+
+
+def test_multi_crop_views_shapes():
+    from PIL import Image
+
+    from cion_ray.pretrain.config import ViewsConfig
+    from cion_ray.pretrain.views import MultiCropViews, decode_jpeg
+
+    views = MultiCropViews(ViewsConfig(local_crops=3))
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 90, 3), dtype=np.uint8))
+    out = views(img)
+    assert views.n_views == len(out) == 5
+    assert [tuple(v.shape) for v in out] == [(3, 256, 128)] * 2 + [(3, 128, 64)] * 3
+    assert all(v.dtype == torch.float32 and torch.isfinite(v).all() for v in out)
+    assert not torch.equal(out[2], out[3]), "local views are independent random crops"
+    with pytest.raises(ValueError, match="crop-7: cannot decode"):
+        decode_jpeg(b"not a jpeg", "crop-7")

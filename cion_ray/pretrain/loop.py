@@ -131,7 +131,6 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
 
     on_epoch(metrics): rank 0's per-epoch hook (TensorBoard); fault(iteration): called after every
     step, the launcher's fault-injection drill."""
-    torch.manual_seed(cfg.seed + 1000 * ctx.rank)
     data = WorkerData(cfg, ctx.rank, ctx.world_size, log)
     o = cfg.optim
     ipe = iterations_per_epoch(cfg, data.total_images, ctx.world_size)
@@ -140,6 +139,7 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
     wd = cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, ipe)
     mom = cosine_schedule(o.momentum_teacher, 1.0, o.epochs, ipe)
 
+    torch.manual_seed(cfg.seed)  # the same initial student and teacher on every worker
     task = CIONTask(cfg, ctx.all_reduce_sum, ctx.world_size)
     device = ctx.device
     if device.type == "cuda" and ctx.world_size > 1 and cfg.model.sync_bn and has_batchnorm(task.student):
@@ -217,11 +217,17 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - t0
-        stats = ctx.all_reduce_sum(torch.stack([loss_sum.float(), torch.tensor(float(steps), device=device)]))
+        # teacher_spread: std over workers of the sum of the teacher's weights; 0 when they agree
+        t_sum = sum(p.detach().double().sum() for p in task.teacher.parameters()).to(device)
+        w = ctx.world_size
+        stats = ctx.all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(steps), device=device,
+                                                                                  dtype=torch.float64), t_sum]))
+        spread = float(ctx.all_reduce_sum(((t_sum - stats[2] / w) ** 2).reshape(1))[0] / w) ** 0.5
         metrics = {"epoch": epoch + 1, "iteration": it, "loss": float(stats[0] / stats[1]), "k": k,
                    "lr": float(lr[it - 1]), "weight_decay": float(wd[it - 1]), "momentum": float(mom[it - 1]),
                    "images_per_s": steps * o.batch_per_worker * ctx.world_size / seconds,
-                   "epoch_seconds": seconds, "identities": data.total_identities, "images": data.total_images}
+                   "epoch_seconds": seconds, "identities": data.total_identities, "images": data.total_images,
+                   "teacher_spread": spread}
         last = epoch + 1 == o.epochs
         ckpt = None
         if ctx.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
