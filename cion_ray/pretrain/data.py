@@ -18,6 +18,7 @@ import numpy as np
 
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
+from cion_ray.io.crops import read_crop_images
 
 
 @dataclass
@@ -49,8 +50,11 @@ def _read_parquet(files: list[str], columns: list[str], filt=None):
     return ds.dataset(paths, format="parquet", filesystem=filesystem).to_table(columns=columns, filter=filt)
 
 
-def _factorize(values: np.ndarray) -> np.ndarray:
-    _, inv = np.unique(values, return_inverse=True)
+def _tracklet_identities(t) -> np.ndarray:
+    """(video_id, track_id) columns -> a dense identity per row: each tracklet its own identity."""
+    key = np.char.add(np.asarray(t.column("video_id").to_pylist(), dtype=str),
+                      "/" + np.asarray(t.column("track_id"), dtype=np.int64).astype(str))
+    _, inv = np.unique(key, return_inverse=True)
     return inv.astype(np.int64)
 
 
@@ -84,8 +88,7 @@ def load_labels(data: str, labels: str = "identity", crops: str = "") -> LabelTa
                             "pass the tracking output with --set crops=URI")
         keys = np.asarray(t.column("crop_id").to_pylist(), dtype=object)
         if labels == "tracklet":
-            ident = _factorize(np.char.add(np.asarray(t.column("video_id").to_pylist(), dtype=str),
-                                           "/" + np.asarray(t.column("track_id"), dtype=np.int64).astype(str)))
+            ident = _tracklet_identities(t)
         else:
             ident = np.asarray(t.column("identity"), dtype=np.int64)
         return LabelTable("parquet", keys, ident, runs.committed_files(crops, "track"), f"curated {data}", crops)
@@ -100,8 +103,7 @@ def load_labels(data: str, labels: str = "identity", crops: str = "") -> LabelTa
         if t is None or t.num_rows == 0:
             raise CionError(f"{data}: the tracking output holds no crops")
         keys = np.asarray(t.column("crop_id").to_pylist(), dtype=object)
-        ident = _factorize(np.char.add(np.asarray(t.column("video_id").to_pylist(), dtype=str),
-                                       "/" + np.asarray(t.column("track_id"), dtype=np.int64).astype(str)))
+        ident = _tracklet_identities(t)
         return LabelTable("parquet", keys, ident, files, f"tracklets of {data}", data)
     raise CionError(f"training data {data}: neither a curated output, a tracking output nor a CION-AL JSON")
 
@@ -136,21 +138,8 @@ def fetch_images(table: LabelTable) -> list[bytes]:
     if len(table.keys) == 0:
         return []
     if table.kind == "files":
-        out = []
-        for k in table.keys:
-            try:
-                out.append(fs.read_bytes(k))
-            except CionError:
-                raise
-            except Exception as e:
-                raise CionError(f"training image {k}: cannot read ({type(e).__name__}: {e})") from None
-        return out
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    wanted = pa.array(list(table.keys), type=pa.string())
-    t = _read_parquet(table.crop_files, ["crop_id", "crop"], pc.field("crop_id").isin(wanted))
-    found = dict(zip(t.column("crop_id").to_pylist(), t.column("crop").to_pylist()))
+        return [fs.read_bytes(k) for k in table.keys]  # a missing or unreadable file: CionError naming it
+    found = read_crop_images(table.crop_files, table.keys)
     missing = [k for k in table.keys if k not in found]
     if missing:
         raise CionError(f"{len(missing)} curated crops are missing from the crops Parquet "

@@ -19,6 +19,11 @@ def shard_identities(identities: np.ndarray, world_size: int, rank: int, seed: i
     return np.sort(ids[perm[rank::world_size]])
 
 
+def identities_per_batch(batch_size: int, k: int) -> int:
+    """P: how many identities a batch of `batch_size` images holds at K images each."""
+    return max(1, batch_size // k)
+
+
 class IdentitySampler:
     """labels: (N,) identity of each local image. batches(epoch, k, n) -> n lists of B = P * K
     local image indices."""
@@ -35,11 +40,8 @@ class IdentitySampler:
         self.groups = np.split(order, starts[1:])  # image indices per identity
         self.identities = ids
 
-    def per_batch(self, k: int) -> int:
-        return max(1, self.batch_size // k)
-
     def _pass(self, rng: np.random.Generator, k: int) -> list[list[int]]:
-        p = self.per_batch(k)
+        p = identities_per_batch(self.batch_size, k)
         if len(self.groups) < p:
             raise ValueError(f"a batch needs {p} distinct identities (batch {self.batch_size}, K {k}) "
                              f"but this worker has {len(self.groups)}: lower the batch size or use fewer workers")

@@ -37,6 +37,7 @@ from cion_ray.curation.store import load_levels, save_levels, video_uri
 from cion_ray.embed.timm_embedder import build_embedder
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
+from cion_ray.io.crops import read_crop_images
 from cion_ray.io.schemas import IDENTITIES, embeddings_schema
 from cion_ray.runtime.session import cluster_cpus, cluster_gpus, ensure_ray, fit_actor_cpus
 from cion_ray.viz.sheet import contact_sheet, save_png
@@ -326,12 +327,7 @@ def _sheet(cfg: CurateConfig, crop_files: list[str], levels: list[dict], final: 
                     lst = by_video[v]
                     chosen.append((v, lst.pop(len(lst) // 2)))
         picks[g] = chosen
-    wanted = [cid for ch in picks.values() for _, cid in ch]
-    images: dict[str, bytes] = {}
-    for f in crop_files:
-        pa_fs, path = fs.arrow_fs(f)
-        t = pq.read_table(path, filesystem=pa_fs, columns=["crop_id", "crop"], filters=pc.field("crop_id").isin(wanted))
-        images.update(zip(t.column("crop_id").to_pylist(), t.column("crop").to_pylist()))
+    images = read_crop_images(crop_files, [cid for ch in picks.values() for _, cid in ch])
     import cv2
     sheet_rows = []
     for g in order:

@@ -127,18 +127,19 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
 
     from cion_ray.pretrain.data import absolute, load_labels, select_identities
     from cion_ray.pretrain.export import write_exports
-    from cion_ray.zoo.factory import create_backbone
+    from cion_ray.pretrain.sampler import identities_per_batch
+    from cion_ray.zoo.factory import check_backbone
 
     if not cfg.out:
         raise CionError("pre-training needs an output (--out)")
     cfg = replace(cfg, data=absolute(cfg.data), out=absolute(cfg.out), crops=absolute(cfg.crops))
-    create_backbone(cfg.model.arch, tuple(cfg.views.global_size))  # unknown names fail here, not on a worker
+    check_backbone(cfg.model.arch)  # unknown names fail here, not on a worker
     table = load_labels(cfg.data, cfg.labels, cfg.crops)  # bad data fails here too, with its name
     if table.crops and not cfg.crops:  # pin the crops a curated output points to, for the workers
         cfg = replace(cfg, crops=absolute(table.crops))
     kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
-    per_batch = cfg.optim.batch_per_worker // max(k for _, k in cfg.optim.k_steps)
-    if len(kept) < cfg.scale.workers * max(1, per_batch):
+    per_batch = identities_per_batch(cfg.optim.batch_per_worker, max(k for _, k in cfg.optim.k_steps))
+    if len(kept) < cfg.scale.workers * per_batch:
         raise CionError(f"{cfg.data}: {len(kept)} identities (fraction {cfg.data_fraction}) are too few for "
                         f"{cfg.scale.workers} workers x {per_batch} identities per batch")
     run_json = fs.join(cfg.out, "pretrain.json")

@@ -25,21 +25,26 @@ def _timm(name: str, img_size: tuple[int, int]):
     raise CionError(f"timm cannot build {name!r}")
 
 
-def create_backbone(name: str, img_size: tuple[int, int] = INPUT_SIZE):
-    """A feature extractor: (N, 3, H, W) -> (N, feature_dim)."""
-    entry = REGISTRY.get(name)
-    if entry is not None and entry.timm is None:
-        from cion_ray.zoo.resnet import resnet
-
-        return resnet(entry.depth, ibn=entry.ibn, width=entry.width)
-    if entry is not None:
-        return _timm(entry.timm, img_size)
+def check_backbone(name: str) -> None:
+    """Raise CionError unless `name` is a ReIDZoo name or a timm model name (builds nothing)."""
+    if name in REGISTRY:
+        return
     import timm
 
     if not timm.is_model(name):
         raise CionError(f"unknown backbone {name!r}: not a ReIDZoo name ({', '.join(zoo_names())}) "
                         "nor a timm model name")
-    return _timm(name, img_size)
+
+
+def create_backbone(name: str, img_size: tuple[int, int] = INPUT_SIZE):
+    """A feature extractor: (N, 3, H, W) -> (N, feature_dim)."""
+    check_backbone(name)
+    entry = REGISTRY.get(name)
+    if entry is not None and entry.timm is None:
+        from cion_ray.zoo.resnet import resnet
+
+        return resnet(entry.depth, ibn=entry.ibn, width=entry.width)
+    return _timm(entry.timm if entry is not None else name, img_size)
 
 
 def feature_dim(model, img_size: tuple[int, int] = INPUT_SIZE) -> int:
