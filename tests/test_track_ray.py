@@ -16,8 +16,6 @@ from cion_ray.io.schemas import CROPS, crop_id
 from cion_ray.io.video import iter_frames, write_video
 from cion_ray.runtime.track import run_track
 from cion_ray.tracking.config import ChunkConfig, CropConfig, DetectorConfig, PoolConfig, TrackConfig, TrackerConfig
-from cion_ray.tracking.quality import combine, mot_quality
-from cion_ray.tracking.report import read_boxes
 from cion_ray.tracking.tracker import Detections
 
 pytestmark = pytest.mark.usefixtures("ray_session")

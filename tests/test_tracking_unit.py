@@ -1,7 +1,6 @@
 """Tracking building blocks without Ray: chunk plans, detections, stitching, quality, one chunk end to end."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

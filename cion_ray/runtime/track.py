@@ -21,7 +21,6 @@ import ray
 from cion_ray.config import from_dict
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
-from cion_ray.io.schemas import CROPS
 from cion_ray.io.video import iter_frames
 from cion_ray.runtime.session import RunLedger, cluster_gpus, ensure_ray, fit_actor_cpus
 from cion_ray.tracking.config import TrackConfig
