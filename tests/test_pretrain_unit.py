@@ -106,6 +106,60 @@ def test_center_uses_the_injected_reduction():
     assert torch.allclose(loss.center, (0.9 * 0.1 + 0.1) * teacher.mean(0, keepdim=True))
 
 
+def kl_by_loops(student, teacher, center, k, n_views, st=0.1, tt=0.04):
+    """The KL part of the loss written out: every CE term of the formula with CE -> KL."""
+    b = teacher.shape[0] // 2
+    p = b // k
+    terms = []
+    for iq in range(2):
+        q = torch.softmax((teacher[iq * b:(iq + 1) * b] - center) / tt, dim=-1)
+        for v in range(n_views):
+            if v == iq:
+                continue
+            logp = torch.log_softmax(student[v * b:(v + 1) * b] / st, dim=-1)
+
+            def kl(r, c):
+                return (q[r] * (torch.log(q[r]) - logp[c])).sum()
+            same = sum(kl(r, r) for r in range(b)) / b
+            cross = sum(kl(pp * k + i, pp * k + j) for pp in range(p) for i in range(k) for j in range(k)
+                        if i != j) / p
+            terms.append((same + cross) / (k * (k - 1) + 1))
+    return sum(terms) / len(terms)
+
+
+@pytest.mark.parametrize("k,n_views", [(1, 3), (2, 4), (3, 2)])
+def test_loss_is_teacher_entropy_plus_kl(k, n_views):
+    """Each teacher row weighs 1/B in total, so loss - mean teacher entropy is exactly the KL part;
+    the loop reports both (metrics teacher_entropy, kl)."""
+    from cion_ray.pretrain.loss import teacher_entropies
+
+    g = torch.Generator().manual_seed(k + n_views)
+    b, d = 2 * k, 13
+    student = torch.randn(n_views * b, d, generator=g, dtype=torch.float64)
+    teacher = torch.randn(2 * b, d, generator=g, dtype=torch.float64) * 0.05
+    center = torch.randn(1, d, generator=g, dtype=torch.float64) * 0.01
+    loss = identity_dino_loss(student.float(), teacher.float(), center.float(), k, n_views)
+    row, _ = teacher_entropies(teacher, center)
+    kl = kl_by_loops(student, teacher, center, k, n_views)
+    assert torch.allclose(loss.double(), row + kl, atol=1e-4), (loss, row, kl)
+    assert kl > 0
+
+
+def test_teacher_entropies_tell_uniform_from_one_dimension():
+    from cion_ray.pretrain.loss import teacher_entropies
+
+    d = 64
+    row, mean = teacher_entropies(torch.zeros(8, d), torch.zeros(1, d))  # uniform collapse
+    assert torch.isclose(row, torch.tensor(math.log(d))) and torch.isclose(mean, torch.tensor(math.log(d)))
+    one = torch.zeros(8, d)
+    one[:, 3] = 1.0  # every image on one dimension
+    row, mean = teacher_entropies(one, torch.zeros(1, d))
+    assert row < 0.01 and mean < 0.01
+    spread = torch.eye(d)[:8]  # each image on its own dimension: sharp rows, spread batch
+    row, mean = teacher_entropies(spread, torch.zeros(1, d))
+    assert row < 0.01 and torch.isclose(mean, torch.tensor(math.log(8)), atol=1e-3)
+
+
 def test_training_lowers_the_loss_on_a_fixed_batch():
     """Gradients, optimizer and EMA teacher point the right way: with the centre settled, steps on
     one fixed batch reduce the loss."""

@@ -184,6 +184,7 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         task.train()
         t0 = time.perf_counter()
         loss_sum, steps = torch.zeros((), device=device), 0
+        entropy_sum = torch.zeros(2, device=device)
         for views_b in loader:
             views_b = [v.to(device, non_blocking=True) for v in views_b]
             for g_i, g in enumerate(opt.param_groups):
@@ -210,6 +211,7 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
                 opt.step()
             task.update_teacher(float(mom[it]))
             loss_sum += loss.detach()
+            entropy_sum += task.loss.last_entropy
             steps += 1
             it += 1
             if fault is not None:
@@ -220,10 +222,15 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         # teacher_spread: std over workers of the sum of the teacher's weights; 0 when they agree
         t_sum = sum(p.detach().double().sum() for p in task.teacher.parameters()).to(device)
         w = ctx.world_size
-        stats = ctx.all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(steps), device=device,
-                                                                                  dtype=torch.float64), t_sum]))
+        stats = ctx.all_reduce_sum(torch.cat([
+            torch.stack([loss_sum.double(), torch.tensor(float(steps), device=device, dtype=torch.float64), t_sum]),
+            entropy_sum.double()]))
         spread = float(ctx.all_reduce_sum(((t_sum - stats[2] / w) ** 2).reshape(1))[0] / w) ** 0.5
-        metrics = {"epoch": epoch + 1, "iteration": it, "loss": float(stats[0] / stats[1]), "k": k,
+        mean_loss, entropy = float(stats[0] / stats[1]), float(stats[3] / stats[1])
+        metrics = {"epoch": epoch + 1, "iteration": it, "loss": mean_loss, "k": k,
+                   # loss = teacher_entropy + kl: the part the student cannot change, and the part it lowers
+                   "teacher_entropy": entropy, "kl": mean_loss - entropy,
+                   "teacher_mean_entropy": float(stats[4] / stats[1]),
                    "lr": float(lr[it - 1]), "weight_decay": float(wd[it - 1]), "momentum": float(mom[it - 1]),
                    "images_per_s": steps * o.batch_per_worker * ctx.world_size / seconds,
                    "epoch_seconds": seconds, "identities": data.total_identities, "images": data.total_images,
@@ -233,7 +240,8 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         if ctx.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
             ckpt = checkpoint_state(cfg, task, opt, scaler, epoch + 1, it)
         if ctx.rank == 0:
-            log(f"epoch {epoch + 1}/{o.epochs}  K {k}  loss {metrics['loss']:.4f}  lr {metrics['lr']:.2e}  "
+            log(f"epoch {epoch + 1}/{o.epochs}  K {k}  loss {metrics['loss']:.4f} (teacher entropy "
+                f"{entropy:.3f} + KL {metrics['kl']:.3f})  lr {metrics['lr']:.2e}  "
                 f"momentum {metrics['momentum']:.4f}  {metrics['images_per_s']:.1f} img/s")
             if on_epoch is not None:
                 on_epoch(metrics)

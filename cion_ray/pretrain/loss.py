@@ -9,6 +9,13 @@ softmax((t - center) / teacher_temp), student log-probabilities log_softmax(s / 
 The loss is the mean of the terms. K = 1 leaves only the first part: the DINO loss.
 The centre follows the batch-mean teacher output by EMA; the mean is taken over every worker
 through an injected sum-reduction, so the loss runs (and is tested) without a process group.
+
+Every teacher row carries total weight 1/B across the terms, so the loss splits exactly into
+    loss = mean over teacher rows of H(q)  +  the weighted mean of KL(q_i || s_j),
+the teacher's entropy, which the student's gradients cannot change, and the divergence they
+lower. Monitoring both tells learning from collapse (DINO, Caron et al. 2021, section 5.3):
+uniform collapse drives the entropy to ln(out_dim) with KL -> 0; one dominating dimension
+drives the entropy of the batch-mean teacher distribution toward 0.
 """
 from __future__ import annotations
 
@@ -50,6 +57,18 @@ def identity_dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, cen
     return total / terms
 
 
+@torch.no_grad()
+def teacher_entropies(teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float = 0.04
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean over rows of H(q), H(mean over rows of q)) in nats, q the centred, sharpened teacher
+    distributions of a batch."""
+    log_q = F.log_softmax((teacher_out.float() - center) / teacher_temp, dim=-1)
+    q = log_q.exp()
+    row = -(q * log_q).sum(-1).mean()
+    m = q.mean(0)
+    return row, -(m * torch.log(m.clamp_min(1e-30))).sum()
+
+
 def _sum_identity(t: torch.Tensor) -> torch.Tensor:
     return t
 
@@ -71,10 +90,13 @@ class IdentityDINOLoss(nn.Module):
         self.all_reduce_sum = all_reduce_sum
         self.world_size = world_size
         self.register_buffer("center", torch.zeros(1, out_dim))
+        # of the last batch (detached): mean teacher row entropy, entropy of the batch-mean teacher
+        self.last_entropy = torch.zeros(2)
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int) -> torch.Tensor:
         loss = identity_dino_loss(student_out, teacher_out, self.center, k, self.n_student_views,
                                   self.student_temp, self.teacher_temp)
+        self.last_entropy = torch.stack(teacher_entropies(teacher_out, self.center, self.teacher_temp))
         self.update_center(teacher_out)
         return loss
 

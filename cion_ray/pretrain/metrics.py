@@ -9,7 +9,8 @@ from pathlib import Path
 
 from cion_ray.io import fs
 
-SCALARS = ("loss", "lr", "weight_decay", "momentum", "images_per_s", "k")
+SCALARS = ("loss", "teacher_entropy", "kl", "teacher_mean_entropy", "lr", "weight_decay", "momentum",
+           "images_per_s", "k")
 
 
 class EpochLog:

@@ -192,6 +192,11 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     exports = write_exports(state, fs.join(cfg.out, "export"))
     metrics_uri = fs.join(cfg.out, "metrics.json")
     history = fs.read_json(metrics_uri) if fs.exists(metrics_uri) else []
+    if history:
+        from cion_ray.viz.curves import training_curves_png
+
+        fs.write_bytes_atomic(fs.join(cfg.out, "curves.png"), training_curves_png(
+            history, cfg.model.out_dim, f"{cfg.model.arch}, {cfg.scale.workers} worker(s), {cfg.data}"))
     return PretrainResult(cfg.out, history[-1] if history else dict(result.metrics or {}),
                           result.checkpoint.path, exports, time.perf_counter() - t0)
 
