@@ -153,6 +153,8 @@ def add_pretrain_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--k-schedule", help='gradual K as "fraction:K,..." (default 0:2,0.4:4,0.6:6,0.8:8; '
                                         '"0:1" = instance-level DINO)')
     s.add_argument("--out", required=True, help="run folder or s3:// prefix")
+    s.add_argument("--eval-data", help="Market-style split (query/, bounding_box_test/): the teacher's "
+                                       "CMC / mAP / mINP on it before training and at every checkpoint")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
     s.add_argument("--config", help="YAML file with PretrainConfig fields")
@@ -168,7 +170,7 @@ def pretrain_config_from_args(args: argparse.Namespace):
               "scale.workers": args.workers, "scale.gpus_per_worker": args.gpus_per_worker,
               "scale.cpus_per_worker": args.cpus_per_worker, "optim.batch_per_worker": args.batch,
               "data_fraction": args.data_fraction, "seed": args.seed, "labels": args.labels,
-              "optim.k_schedule": args.k_schedule}
+              "optim.k_schedule": args.k_schedule, "eval_data": args.eval_data}
     return load_config(PretrainConfig, args.config, args.set, values=values)
 
 
@@ -179,8 +181,11 @@ def _pretrain(args: argparse.Namespace) -> int:
     m = r.metrics
     print(f"pre-trained in {r.seconds:.0f}s: epoch {m.get('epoch')}, loss {m.get('loss', float('nan')):.4f}, "
           f"{m.get('images_per_s', 0):.1f} img/s")
+    if "eval_mAP" in m:
+        print(f"  retrieval:   mAP {m['eval_mAP']:.3f} rank-1 {m['eval_rank1']:.3f} mINP {m['eval_mINP']:.3f} on "
+              f"{args.eval_data} (before training: mAP {m.get('eval_mAP_init', float('nan')):.3f})")
     print(f"  exports:     {r.exports['teacher.pth']} (CION layout), {r.exports['backbone.pth']} (state dict)")
-    print(f"  metrics:     {r.out}/metrics.json, TensorBoard: {r.out}/tensorboard")
+    print(f"  metrics:     {r.out}/metrics.json, {r.out}/curves.png, TensorBoard: {r.out}/tensorboard")
     print(f"  checkpoint:  {r.checkpoint}")
     return 0
 

@@ -34,14 +34,14 @@ def cfg_for(data, out, *extra) -> PretrainConfig:
     return load_config(PretrainConfig, None, SMALL + [f"data={data}", f"out={out}"] + list(extra))
 
 
-def test_two_workers_survive_a_killed_worker_and_export(ray_session, cion_al, tmp_path):
+def test_two_workers_survive_a_killed_worker_and_export(ray_session, cion_al, default_world, tmp_path):
     from cion_ray.pretrain.export import strip_released_prefix
     from cion_ray.runtime.pretrain import run_pretrain
     from cion_ray.zoo.factory import create_backbone
 
     out = tmp_path / "run"
     cfg = cfg_for(cion_al, out, "scale.workers=2", "optim.epochs=3", "optim.iters_per_epoch=3",
-                  "fault_drill_iteration=5")
+                  "fault_drill_iteration=5", f"eval_data={default_world / 'reid'}")
     r = run_pretrain(cfg, log=lambda m: None)
     assert (out / "_faults" / "killed-at-5").exists(), "the drill killed a worker"
     history = json.loads((out / "metrics.json").read_text())
@@ -50,6 +50,8 @@ def test_two_workers_survive_a_killed_worker_and_export(ray_session, cion_al, tm
     assert all(math.isfinite(m["loss"]) and m["images_per_s"] > 0 for m in history)
     assert history[-1]["iteration"] == 9 and history[-1]["identities"] == 16
     assert all(m["teacher_spread"] < 1e-6 for m in history), "both workers hold the same teacher"
+    # retrieval before training survives the restart (it is kept in the checkpoint)
+    assert all(0 < m["eval_mAP"] <= 1 and m["eval_mAP_init"] == history[0]["eval_mAP_init"] for m in history)
     assert r.metrics["epoch"] == 3
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     teacher = torch.load(r.exports["teacher.pth"], weights_only=True)["teacher"]
@@ -136,6 +138,8 @@ def test_bad_inputs_fail_before_any_worker_starts(tmp_path, cion_al):
     with pytest.raises(CionError, match="too few"):
         run_pretrain(cfg_for(cion_al, tmp_path / "o", "scale.workers=2", "optim.batch_per_worker=40"),
                      log=lambda m: None)
+    with pytest.raises(CionError, match="no query/ folder"):
+        run_pretrain(cfg_for(cion_al, tmp_path / "o", f"eval_data={tmp_path}"), log=lambda m: None)
     with pytest.raises(CionError, match="no pre-training run to resume"):
         run_pretrain(cfg_for(cion_al, tmp_path / "fresh"), resume=True, log=lambda m: None)
     assert main(["pretrain", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "o")]) == 2

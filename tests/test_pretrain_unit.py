@@ -401,17 +401,24 @@ def test_data_sources_and_their_errors(tmp_path):
 # ---------------------------------------------------------------- the plain loop
 
 
-def test_loop_trains_checkpoints_and_resumes_to_the_same_weights(tmp_path):
-    """3 epochs straight == 2 epochs, stop, resume for the 3rd: same teacher, same centre."""
+def test_loop_trains_checkpoints_and_resumes_to_the_same_weights(tmp_path, tiny_world):
+    """3 epochs straight == 2 epochs, stop, resume for the 3rd: same teacher, same centre. The
+    straight run also evaluates the teacher on a Market-style split at every checkpoint, which
+    must not change its training."""
     from cion_ray.pretrain.loop import LocalContext, train
 
     j = _cion_al(tmp_path)
     common = [f"data={j}", "optim.batch_per_worker=8", "optim.iters_per_epoch=2", "optim.warmup_epochs=1",
               "optim.k_schedule=0:2,0.5:4"]
     straight = LocalContext(tmp_path / "a")
-    m = train(small_cfg(*common, "optim.epochs=3"), straight, log=lambda s: None)
+    m = train(small_cfg(*common, "optim.epochs=3", f"eval_data={tiny_world / 'reid'}"), straight,
+              log=lambda s: None)
     assert m["epoch"] == 3 and m["iteration"] == 6 and math.isfinite(m["loss"])
     assert [x["k"] for x in straight.metrics] == [2, 2, 4]  # K = 4 from round(0.5 * 3) = 2
+    for x in straight.metrics:
+        assert 0 < x["eval_mAP"] <= 1 and 0 <= x["eval_rank1"] <= 1 and 0 < x["eval_mINP"] <= 1
+        assert x["eval_mAP_init"] == straight.metrics[0]["eval_mAP_init"]
+        assert 0 < x["teacher_entropy"] <= math.log(256) and x["kl"] > 0 and x["teacher_mean_entropy"] > 0
 
     class StopAfter(LocalContext):
         def report(self, metrics, checkpoint):

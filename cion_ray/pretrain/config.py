@@ -111,6 +111,9 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 1  # epochs between checkpoints
     fault_drill_iteration: int = 0  # > 0: the last worker dies once at this iteration (a recovery drill)
+    # a Market-style split (query/, bounding_box_test/): the teacher backbone's CMC / mAP / mINP on it
+    # before training and at every checkpoint, measured on worker 0
+    eval_data: str = ""
     views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -129,7 +132,7 @@ class PretrainConfig:
     def fingerprint(self) -> str:
         """What a resumed run must share with the one it continues."""
         d = asdict(self)
-        for k in ("out", "fault_drill_iteration"):
+        for k in ("out", "fault_drill_iteration", "eval_data"):
             d.pop(k)
         d["scale"] = {"workers": self.scale.workers}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]

@@ -164,9 +164,14 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, it = int(state["epoch"]), int(state["iteration"])
+        eval_init = state.get("eval_init") or {}
         if ctx.rank == 0:
             log(f"resumed at epoch {start_epoch}, iteration {it}")
 
+    if state is None:
+        eval_init = {}
+        if cfg.eval_data and ctx.rank == 0:
+            eval_init = {f"{k}_init": v for k, v in evaluate_teacher(cfg, task, device, log).items()}
     sampler = IdentitySampler(data.labels, o.batch_per_worker, cfg.seed, ctx.rank)
     views = MultiCropViews(cfg.views)
     dataset = ImageViews(data.images, data.names, views)
@@ -238,7 +243,11 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         last = epoch + 1 == o.epochs
         ckpt = None
         if ctx.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
+            if cfg.eval_data:
+                metrics.update(eval_init)
+                metrics.update(evaluate_teacher(cfg, task, device, log))
             ckpt = checkpoint_state(cfg, task, opt, scaler, epoch + 1, it)
+            ckpt["eval_init"] = eval_init
         if ctx.rank == 0:
             log(f"epoch {epoch + 1}/{o.epochs}  K {k}  loss {metrics['loss']:.4f} (teacher entropy "
                 f"{entropy:.3f} + KL {metrics['kl']:.3f})  lr {metrics['lr']:.2e}  "
@@ -247,6 +256,18 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
                 on_epoch(metrics)
         ctx.report(metrics, ckpt)
     return metrics
+
+
+def evaluate_teacher(cfg: PretrainConfig, task: CIONTask, device: torch.device, log: Callable[[str], None]) -> dict:
+    """CMC / mAP / mINP of the teacher backbone on cfg.eval_data, as eval_* metrics."""
+    from cion_ray.evaluate.reid import evaluate_backbone
+
+    t0 = time.perf_counter()
+    r = evaluate_backbone(task.teacher.backbone, cfg.eval_data, tuple(cfg.views.global_size), device=str(device))
+    log(f"retrieval on {cfg.eval_data}: mAP {r.mAP:.4f}  rank-1 {r.rank(1):.4f}  mINP {r.mINP:.4f} "
+        f"({r.queries} queries, {time.perf_counter() - t0:.1f}s)")
+    return {"eval_mAP": r.mAP, "eval_rank1": r.rank(1), "eval_rank5": r.rank(5) if len(r.cmc) >= 5 else r.rank(1),
+            "eval_mINP": r.mINP}
 
 
 def checkpoint_state(cfg: PretrainConfig, task: CIONTask, opt, scaler, epoch: int, iteration: int) -> dict:

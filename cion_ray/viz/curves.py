@@ -1,7 +1,7 @@
 """Training curves of a pre-training run (`curves.png` next to metrics.json): the loss split into
 teacher entropy + KL against ln(out_dim) (where uniform collapse sits), the entropy of the
 batch-mean teacher distribution (one dominating dimension drives it to 0), K and the
-learning rate, and throughput."""
+learning rate, throughput, and with --eval-data the teacher's mAP / rank-1 / mINP."""
 from __future__ import annotations
 
 import io
@@ -19,7 +19,9 @@ def training_curves_png(history: list[dict], out_dim: int, title: str = "") -> b
     def col(k):
         return [m.get(k, float("nan")) for m in history]
 
-    fig, ax = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
+    evals = [m for m in history if "eval_mAP" in m]
+    fig, ax = plt.subplots(2, 3 if evals else 2, figsize=(16 if evals else 11, 7), constrained_layout=True,
+                           squeeze=False)
     a = ax[0, 0]
     a.plot(ep, col("loss"), "o-", label="loss")
     a.plot(ep, col("teacher_entropy"), "s--", label="teacher entropy")
@@ -48,6 +50,16 @@ def training_curves_png(history: list[dict], out_dim: int, title: str = "") -> b
     a = ax[1, 1]
     a.bar(ep, col("images_per_s"), color="C0")
     a.set(title="throughput", xlabel="epoch", ylabel="images / s (all workers)")
+    if evals:
+        a = ax[0, 2]
+        ee = [m["epoch"] for m in evals]
+        for key, name, c in (("eval_mAP", "mAP", "C0"), ("eval_rank1", "rank-1", "C1"), ("eval_mINP", "mINP", "C2")):
+            a.plot(ee, [m[key] for m in evals], "o-", color=c, label=name)
+            if f"{key}_init" in evals[0]:
+                a.axhline(evals[0][f"{key}_init"], color=c, lw=0.8, ls=":")
+        a.set(title="teacher retrieval (dotted: before training)", xlabel="epoch", ylim=(0, 1))
+        a.legend(fontsize=8)
+        ax[1, 2].axis("off")
     if title:
         fig.suptitle(title)
     buf = io.BytesIO()
