@@ -30,7 +30,8 @@ def pretrain(out: Path, workers: int) -> dict:
 
     run = out / "pretrain"
     cfg = load_config(PretrainConfig, None, DEMO_PRETRAIN + [f"data={out / 'curated'}", f"out={run}",
-                                                             f"scale.workers={workers}"])
+                                                             f"scale.workers={workers}",
+                                                             f"eval_data={out / 'world' / 'reid'}"])
     done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else []
     if done and done[-1]["epoch"] == cfg.optim.epochs and (run / "export" / "teacher.pth").exists():
         return done[-1]
@@ -39,8 +40,9 @@ def pretrain(out: Path, workers: int) -> dict:
     r = run_pretrain(cfg, resume=(run / "pretrain.json").exists(),
                      log=lambda m: print(m, flush=True))
     for m in json.loads((run / "metrics.json").read_text()):
-        print(f"  epoch {m['epoch']}/{cfg.optim.epochs}  K {m['k']}  loss {m['loss']:.3f}  lr {m['lr']:.2e}  "
-              f"momentum {m['momentum']:.4f}  {m['images_per_s']:.0f} img/s")
+        print(f"  epoch {m['epoch']}/{cfg.optim.epochs}  K {m['k']}  loss {m['loss']:.3f} = teacher entropy "
+              f"{m['teacher_entropy']:.3f} + KL {m['kl']:.3f}  lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s"
+              + (f"  mAP {m['eval_mAP']:.3f}" if "eval_mAP" in m else ""))
     return r.metrics
 
 
@@ -94,7 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pre-trained: {out / 'pretrain'}: {pre['epoch']} epochs, loss {pre['loss']:.3f} "
               f"(K {pre['k']}), {pre['images_per_s']:.0f} img/s over {pre['identities']} identities")
         print(f"  exports   {out / 'pretrain' / 'export' / 'teacher.pth'} (CION layout), backbone.pth")
+        if "eval_mAP" in pre:
+            print(f"  retrieval teacher on {out / 'world' / 'reid'}: mAP {pre['eval_mAP']:.3f}, rank-1 "
+                  f"{pre['eval_rank1']:.3f}, mINP {pre['eval_mINP']:.3f} (before training: mAP "
+                  f"{pre['eval_mAP_init']:.3f}, rank-1 {pre['eval_rank1_init']:.3f})")
         print(f"  metrics   {out / 'pretrain' / 'metrics.json'}, TensorBoard: {out / 'pretrain' / 'tensorboard'}")
+        print(f"  curves    {out / 'pretrain' / 'curves.png'}  <- open this: loss = teacher entropy + KL, collapse "
+              "watch, retrieval")
     except CionError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2
