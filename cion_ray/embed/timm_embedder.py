@@ -7,9 +7,10 @@ import numpy as np
 
 from cion_ray.errors import CionError
 from cion_ray.io import fs
+from cion_ray.pretrain import views
 
-MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-STD = np.array([0.229, 0.224, 0.225], np.float32)
+MEAN = np.array(views.MEAN, np.float32)  # the normalisation the backbones are pre-trained with
+STD = np.array(views.STD, np.float32)
 
 
 class TimmEmbedder:

@@ -76,6 +76,7 @@ def evaluate_ranking(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams, max_rank:
 
 def cosine_distance(q: np.ndarray, g: np.ndarray) -> np.ndarray:
     """1 - cosine similarity of the rows (features are L2-normalised here)."""
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    from cion_ray.denoise.tracklet import normalize
+
+    q, g = normalize(q), normalize(g)
     return 1.0 - q.astype(np.float32) @ g.astype(np.float32).T

@@ -266,8 +266,7 @@ def evaluate_teacher(cfg: PretrainConfig, task: CIONTask, device: torch.device, 
     r = evaluate_backbone(task.teacher.backbone, cfg.eval_data, tuple(cfg.views.global_size), device=str(device))
     log(f"retrieval on {cfg.eval_data}: mAP {r.mAP:.4f}  rank-1 {r.rank(1):.4f}  mINP {r.mINP:.4f} "
         f"({r.queries} queries, {time.perf_counter() - t0:.1f}s)")
-    return {"eval_mAP": r.mAP, "eval_rank1": r.rank(1), "eval_rank5": r.rank(5) if len(r.cmc) >= 5 else r.rank(1),
-            "eval_mINP": r.mINP}
+    return {f"eval_{k}": v for k, v in r.summary().items() if k in ("mAP", "mINP", "rank1", "rank5")}
 
 
 def checkpoint_state(cfg: PretrainConfig, task: CIONTask, opt, scaler, epoch: int, iteration: int) -> dict:

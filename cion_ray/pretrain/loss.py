@@ -26,22 +26,32 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def teacher_log_probs(teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float = 0.04) -> torch.Tensor:
+    """log q: the centred, sharpened teacher distributions (no gradient)."""
+    return F.log_softmax((teacher_out.float() - center) / teacher_temp, dim=-1).detach()
+
+
 def identity_dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, center: torch.Tensor, k: int,
                        n_student_views: int, student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
     """student_out: (V * B, D) logits, view-major; teacher_out: (2 * B, D) logits of the global views;
     center: (1, D); B = P * K. Returns the scalar loss (float32)."""
+    return _loss_from_teacher_probs(student_out, teacher_log_probs(teacher_out, center, teacher_temp).exp(), k,
+                                    n_student_views, student_temp)
+
+
+def _loss_from_teacher_probs(student_out: torch.Tensor, q: torch.Tensor, k: int, n_student_views: int,
+                             student_temp: float) -> torch.Tensor:
     n_teacher = 2
-    b = teacher_out.shape[0] // n_teacher
-    if b * n_teacher != teacher_out.shape[0] or student_out.shape[0] != n_student_views * b:
-        raise ValueError(f"outputs do not split into views: teacher {tuple(teacher_out.shape)}, "
+    b = q.shape[0] // n_teacher
+    if b * n_teacher != q.shape[0] or student_out.shape[0] != n_student_views * b:
+        raise ValueError(f"outputs do not split into views: teacher {tuple(q.shape)}, "
                          f"student {tuple(student_out.shape)}, {n_student_views} student views")
     if b % k:
         raise ValueError(f"batch of {b} rows is not P x K with K = {k}")
     p = b // k
     log_s = F.log_softmax(student_out.float() / student_temp, dim=-1).chunk(n_student_views)
-    q_all = F.softmax((teacher_out.float() - center) / teacher_temp, dim=-1).detach().chunk(n_teacher)
     total, terms = 0.0, 0
-    for iq, q in enumerate(q_all):
+    for iq, q in enumerate(q.chunk(n_teacher)):
         qk = q.view(p, k, -1)
         q_sum = qk.sum(1)  # (P, D): sum over the images of each identity
         for v, ls in enumerate(log_s):
@@ -57,16 +67,18 @@ def identity_dino_loss(student_out: torch.Tensor, teacher_out: torch.Tensor, cen
     return total / terms
 
 
+def _entropies(log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    q = log_q.exp()
+    m = q.mean(0)
+    return -(q * log_q).sum(-1).mean(), -(m * torch.log(m.clamp_min(1e-30))).sum()
+
+
 @torch.no_grad()
 def teacher_entropies(teacher_out: torch.Tensor, center: torch.Tensor, teacher_temp: float = 0.04
                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean over rows of H(q), H(mean over rows of q)) in nats, q the centred, sharpened teacher
     distributions of a batch."""
-    log_q = F.log_softmax((teacher_out.float() - center) / teacher_temp, dim=-1)
-    q = log_q.exp()
-    row = -(q * log_q).sum(-1).mean()
-    m = q.mean(0)
-    return row, -(m * torch.log(m.clamp_min(1e-30))).sum()
+    return _entropies(teacher_log_probs(teacher_out, center, teacher_temp))
 
 
 def _sum_identity(t: torch.Tensor) -> torch.Tensor:
@@ -94,9 +106,10 @@ class IdentityDINOLoss(nn.Module):
         self.last_entropy = torch.zeros(2)
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int) -> torch.Tensor:
-        loss = identity_dino_loss(student_out, teacher_out, self.center, k, self.n_student_views,
-                                  self.student_temp, self.teacher_temp)
-        self.last_entropy = torch.stack(teacher_entropies(teacher_out, self.center, self.teacher_temp))
+        log_q = teacher_log_probs(teacher_out, self.center, self.teacher_temp)  # once, for loss and entropies
+        loss = _loss_from_teacher_probs(student_out, log_q.exp(), k, self.n_student_views, self.student_temp)
+        with torch.no_grad():
+            self.last_entropy = torch.stack(_entropies(log_q))
         self.update_center(teacher_out)
         return loss
 
