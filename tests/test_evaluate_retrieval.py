@@ -31,6 +31,36 @@ def test_query_without_a_match_from_another_camera_is_skipped():
         evaluate_ranking(dist, [1], [1, 2], [1, 1], [1, 2])
 
 
+def test_ties_rank_by_gallery_index():
+    # all four gallery images at the same distance: the order is g0, g1, g2, g3;
+    # the query's matches (id 1, camera 2) are g1 and g3 -> ranks 2 and 4
+    dist = np.array([[0.5, 0.5, 0.5, 0.5]])
+    r = evaluate_ranking(dist, [1], [2, 1, 3, 1], [1], [2, 2, 2, 2], max_rank=4)
+    assert r.cmc.tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert r.mAP == pytest.approx((1 / 2 + 2 / 4) / 2) and r.mINP == pytest.approx(2 / 4)
+    # the same gallery listed in the other order: now the matches come first
+    r = evaluate_ranking(dist, [1], [1, 1, 3, 2], [1], [2, 2, 2, 2], max_rank=4)
+    assert r.cmc.tolist() == [1.0, 1.0, 1.0, 1.0] and r.mAP == 1.0 and r.mINP == 1.0
+
+
+def test_max_rank_larger_than_the_gallery():
+    dist = np.array([[0.3, 0.1, 0.2], [0.1, 0.2, 0.3]])
+    r = evaluate_ranking(dist, [1, 2], [1, 2, 3], [1, 1], [2, 2, 2], max_rank=50)
+    assert len(r.cmc) == 3 and r.gallery == 3
+    # query 0: ranking g1 (id 2), g2 (id 3), g0 (id 1) -> first hit at rank 3; query 1: g0, g1 -> rank 2
+    assert r.cmc.tolist() == [0.0, 0.5, 1.0]
+    assert r.mAP == pytest.approx((1 / 3 + 1 / 2) / 2)
+    assert set(r.summary()) == {"mAP", "mINP", "queries", "skipped", "gallery", "rank1"}
+
+
+def test_same_identity_same_camera_entries_do_not_count_or_take_a_place():
+    # g0 and g1 are the query's identity from its own camera: removed, so g2 (another camera)
+    # ranks first although two images of the same person come before it
+    dist = np.array([[0.1, 0.2, 0.3, 0.4]])
+    r = evaluate_ranking(dist, [7], [7, 7, 7, 8], [3], [3, 3, 1, 1])
+    assert r.rank(1) == 1.0 and r.mAP == 1.0 and r.mINP == 1.0 and len(r.cmc) == 4
+
+
 def reference(dist, qp, gp, qc, gc, max_rank):
     """Query by query, position by position."""
     cmc, aps, inps = np.zeros(max_rank), [], []

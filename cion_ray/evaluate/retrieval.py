@@ -1,10 +1,14 @@
-"""ReID retrieval metrics: CMC, mAP and mINP over a query x gallery distance matrix.
+"""ReID retrieval metrics: CMC, mAP and mINP over rankings of the gallery for each query.
 
 The standard single-query protocol: for each query, gallery images of the same identity seen
 by the same camera are left out (they are too easy); a query with no true match left is not
 scored. CMC@r: fraction of queries whose first true match ranks within r. AP: mean precision
 at the ranks of the true matches. INP (Ye et al., 2021): (number of true matches) / (rank of
 the last true match), i.e. how far one must look to find them all. mAP / mINP: their means.
+Equal distances rank by gallery index.
+
+`RankingScorer` takes the rankings a chunk of queries at a time, so the query x gallery
+distance matrix is never needed whole (cion_ray.evaluate.search feeds it chunks).
 """
 from __future__ import annotations
 
@@ -21,62 +25,84 @@ class RetrievalResult:
     queries: int  # queries scored (with at least one true match left)
     skipped: int  # queries without one
     ap: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))  # per scored query
+    gallery: int = 0  # gallery images ranked
 
     def rank(self, r: int) -> float:
         return float(self.cmc[r - 1])
 
     def summary(self) -> dict:
-        d = {"mAP": self.mAP, "mINP": self.mINP, "queries": self.queries, "skipped": self.skipped}
+        d = {"mAP": self.mAP, "mINP": self.mINP, "queries": self.queries, "skipped": self.skipped,
+             "gallery": self.gallery}
         for r in (1, 5, 10):
             if r <= len(self.cmc):
                 d[f"rank{r}"] = self.rank(r)
         return d
 
 
+class RankingScorer:
+    """Accumulates CMC / AP / INP over chunks of queries.
+
+    g_pids, g_cams: (G,) gallery identities and cameras. `add(order, q_pids, q_cams)` takes
+    order: (c, G) gallery indices of c queries, nearest first (cion_ray.evaluate.distance.sort_rows)."""
+
+    def __init__(self, g_pids, g_cams, max_rank: int = 50):
+        self.g_pids, self.g_cams = np.asarray(g_pids), np.asarray(g_cams)
+        if len(self.g_pids) != len(self.g_cams):
+            raise ValueError(f"{len(self.g_pids)} gallery identities but {len(self.g_cams)} cameras")
+        if len(self.g_pids) == 0:
+            raise ValueError("the gallery is empty")
+        self.max_rank = min(max_rank, len(self.g_pids))
+        self.cmc_sum = np.zeros(self.max_rank)
+        self.aps: list[float] = []
+        self.inps: list[float] = []
+        self.seen = 0
+
+    def add(self, order: np.ndarray, q_pids, q_cams) -> None:
+        q_pids, q_cams = np.asarray(q_pids), np.asarray(q_cams)
+        if order.shape != (len(q_pids), len(self.g_pids)) or len(q_cams) != len(q_pids):
+            raise ValueError(f"ranking {order.shape} does not match {len(q_pids)} query and "
+                             f"{len(self.g_pids)} gallery labels")
+        self.seen += len(q_pids)
+        gp, gc = self.g_pids[order], self.g_cams[order]
+        match = gp == q_pids[:, None]
+        keep = ~(match & (gc == q_cams[:, None]))
+        for i in range(len(q_pids)):
+            m = match[i][keep[i]]
+            hits = np.flatnonzero(m)  # 0-based ranks of the true matches among the kept images
+            if len(hits) == 0:
+                continue
+            if hits[0] < self.max_rank:
+                self.cmc_sum[hits[0]:] += 1
+            self.aps.append(float(np.mean(np.arange(1, len(hits) + 1) / (hits + 1))))
+            self.inps.append(len(hits) / (hits[-1] + 1))
+
+    def result(self) -> RetrievalResult:
+        n = len(self.aps)
+        if n == 0:
+            raise ValueError("no query has a true match in the gallery from another camera")
+        return RetrievalResult(cmc=self.cmc_sum / n, mAP=float(np.mean(self.aps)), mINP=float(np.mean(self.inps)),
+                               queries=n, skipped=self.seen - n, ap=np.asarray(self.aps), gallery=len(self.g_pids))
+
+
 def evaluate_ranking(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams, max_rank: int = 50,
                      chunk: int = 1024) -> RetrievalResult:
     """dist: (Q, G), smaller = more alike. Queries are ranked `chunk` at a time (memory Q x G
-    floats for the matrix itself, chunk x G for the work)."""
+    floats for the matrix itself, about 30 x chunk x G bytes for the work)."""
+    from cion_ray.evaluate.distance import sort_rows
+
     dist = np.asarray(dist)
-    q_pids, g_pids = np.asarray(q_pids), np.asarray(g_pids)
-    q_cams, g_cams = np.asarray(q_cams), np.asarray(g_cams)
-    nq, ng = dist.shape
-    if len(q_pids) != nq or len(q_cams) != nq or len(g_pids) != ng or len(g_cams) != ng:
+    q_pids, q_cams = np.asarray(q_pids), np.asarray(q_cams)
+    if len(q_pids) != dist.shape[0] or len(q_cams) != dist.shape[0] or len(g_pids) != dist.shape[1]:
         raise ValueError(f"distance matrix {dist.shape} does not match {len(q_pids)} query and "
                          f"{len(g_pids)} gallery labels")
-    if ng == 0:
-        raise ValueError("the gallery is empty")
-    max_rank = min(max_rank, ng)
-    cmc_sum = np.zeros(max_rank)
-    aps, inps = [], []
-    for s in range(0, nq, chunk):
-        e = min(nq, s + chunk)
-        order = np.argsort(dist[s:e], axis=1, kind="stable")
-        gp, gc = g_pids[order], g_cams[order]
-        match = gp == q_pids[s:e, None]
-        keep = ~(match & (gc == q_cams[s:e, None]))
-        for i in range(e - s):
-            m = match[i][keep[i]]
-            n_pos = int(m.sum())
-            if n_pos == 0:
-                continue
-            hits = np.flatnonzero(m)  # 0-based ranks of the true matches
-            first = hits[0]
-            if first < max_rank:
-                cmc_sum[first:] += 1
-            precision = np.arange(1, n_pos + 1) / (hits + 1)
-            aps.append(precision.mean())
-            inps.append(n_pos / (hits[-1] + 1))
-    n = len(aps)
-    if n == 0:
-        raise ValueError("no query has a true match in the gallery from another camera")
-    return RetrievalResult(cmc=cmc_sum / n, mAP=float(np.mean(aps)), mINP=float(np.mean(inps)), queries=n,
-                           skipped=nq - n, ap=np.asarray(aps))
+    scorer = RankingScorer(g_pids, g_cams, max_rank)
+    for s in range(0, len(q_pids), chunk):
+        scorer.add(sort_rows(dist[s:s + chunk]), q_pids[s:s + chunk], q_cams[s:s + chunk])
+    return scorer.result()
 
 
 def cosine_distance(q: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """1 - cosine similarity of the rows (features are L2-normalised here)."""
-    from cion_ray.denoise.tracklet import normalize
+    """(Q, G) float32: 1 - cosine similarity of the rows (features are L2-normalised here)."""
+    from cion_ray.evaluate.distance import distance_block, prepare
 
-    q, g = normalize(q), normalize(g)
-    return 1.0 - q.astype(np.float32) @ g.astype(np.float32).T
+    return distance_block(prepare(q, "cosine"), prepare(g, "cosine"), "cosine")

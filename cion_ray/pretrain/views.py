@@ -7,15 +7,12 @@ solarize p 0.2 (second only). Local: scale (0.05, 0.8), blur p 0.5.
 """
 from __future__ import annotations
 
-import io
 import random
 
 from PIL import Image, ImageFilter, ImageOps
 
+from cion_ray.io.images import MEAN, STD, decode_jpeg  # noqa: F401 (decode_jpeg: re-exported)
 from cion_ray.pretrain.config import ViewsConfig
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 class RandomBlur:
@@ -67,10 +64,3 @@ class MultiCropViews:
 
     def __call__(self, img: Image.Image) -> list:
         return [self.global1(img), self.global2(img)] + [self.local(img) for _ in range(self.cfg.local_crops)]
-
-
-def decode_jpeg(data: bytes, name: str = "image") -> Image.Image:
-    try:
-        return Image.open(io.BytesIO(data)).convert("RGB")
-    except Exception as e:
-        raise ValueError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None

@@ -3,9 +3,15 @@
 Accepted: a plain state dict; a dict holding it under "teacher", "state_dict" or "model"
 (the released CION code and our pre-training export use "teacher"); keys prefixed by
 "module." (DDP) and/or "backbone." (a DINO-style wrapper, whose head is then left out).
+
+`load_backbone(arch, weights, size)` builds a backbone from any of them: a checkpoint file (our
+exports backbone.pth / teacher.pth, a Ray Train checkpoint.pt, a released CION .pth), a folder
+holding one (a pre-training run: its newest checkpoint), or a seeded random initialisation.
 """
 from __future__ import annotations
 
+import posixpath
+from dataclasses import dataclass
 from pathlib import Path
 
 from cion_ray.errors import CionError
@@ -49,3 +55,115 @@ def load_backbone_state(path: str | Path) -> dict:
         return extract_backbone_state(obj)
     except CionError as e:
         raise CionError(f"weights {path}: {e}") from None
+
+
+# --- finding a checkpoint and loading it into a backbone (evaluation, the timm embedder) ---
+
+RANDOM = "random"  # `weights` that ask for a seeded random initialisation instead of a checkpoint
+WEIGHT_FILES = ("backbone.pth", "export/backbone.pth", "teacher.pth", "export/teacher.pth")
+
+
+@dataclass
+class LoadedWeights:
+    """Where a backbone's weights came from: `file` (a checkpoint file, or "random"), the arch
+    and epoch the checkpoint records (None when it does not)."""
+    source: str
+    file: str
+    arch: str | None = None
+    epoch: int | None = None
+    seed: int | None = None
+
+
+def find_checkpoint_file(uri: str) -> str:
+    """The checkpoint file `uri` names (local path or s3://): a file is itself; in a folder (a
+    pre-training run, its train/ folder, one Ray Train checkpoint), the newest
+    checkpoint_*/checkpoint.pt, else backbone.pth / teacher.pth (also under export/), else the
+    folder's only .pth / .pt file. CionError naming the folder when there is none."""
+    from cion_ray.io import fs
+
+    fsys, root = fs.get_fs(uri)
+    try:
+        if not fsys.exists(root):
+            raise CionError(f"weights {uri}: not found")
+        if fsys.isfile(root):
+            return str(uri)
+        root = root.rstrip("/")
+        rels = sorted(p[len(root) + 1:] for p in fsys.find(root) if p.endswith((".pt", ".pth")))
+    except CionError:
+        raise
+    except Exception as e:  # network / permission problems
+        raise CionError(f"weights {uri}: cannot list ({e})") from None
+    ray_ckpts = [r for r in rels if r == "checkpoint.pt" or (
+        r.endswith("/checkpoint.pt") and posixpath.basename(posixpath.dirname(r)).startswith("checkpoint_"))]
+    if ray_ckpts:  # Ray Train names them checkpoint_<date_time> (or _<index>): the name orders them
+        return fs.join(uri, *max(ray_ckpts, key=lambda r: posixpath.basename(posixpath.dirname(r))).split("/"))
+    picked = [r for r in WEIGHT_FILES if r in rels] or (rels if len(rels) == 1 else [])
+    if picked:
+        return fs.join(uri, *picked[0].split("/"))
+    listed = f"{len(rels)} .pt/.pth files" if rels else "no .pt/.pth file"
+    raise CionError(f"weights {uri}: a folder with {listed}; expected a pre-training run (train/checkpoint_*/"
+                    "checkpoint.pt), an export (backbone.pth, teacher.pth) or a checkpoint file")
+
+
+def read_checkpoint(uri: str) -> tuple[dict, LoadedWeights]:
+    """(backbone state dict, where it came from) of a checkpoint file or folder (see
+    find_checkpoint_file), local or s3://."""
+    import torch
+
+    from cion_ray.io import fs
+
+    file = find_checkpoint_file(uri)
+    path = fs.local_copy(file)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file
+        raise CionError(f"weights {file}: cannot load ({type(e).__name__}: {e})") from None
+    try:
+        state = extract_backbone_state(obj)
+    except CionError as e:
+        raise CionError(f"weights {file}: {e}") from None
+    arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), str) else None
+    epoch = obj.get("epoch") if isinstance(obj, dict) and isinstance(obj.get("epoch"), int) else None
+    return state, LoadedWeights(str(uri), file, arch, epoch)
+
+
+def load_state_strict(model, state: dict, file: str, arch: str) -> None:
+    """Load `state` into `model`; missing or unexpected keys and shape mismatches are a CionError
+    naming `file`."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # size mismatches
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        raise CionError(f"weights {file} do not fit {arch}: {lines[0] if lines else str(e).splitlines()[0]}") from None
+    for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)):
+        if keys:
+            raise CionError(f"weights {file} do not fit {arch}: {len(keys)} {what} backbone keys, "
+                            f"e.g. {', '.join(keys[:3])}")
+
+
+def load_backbone(arch: str | None, weights: str, size: tuple[int, int], seed: int = 0):
+    """(backbone, LoadedWeights): `arch` built at input `size` (H, W) with the weights of a
+    checkpoint (file or folder, local or s3://), or `weights="random"`: a random initialisation
+    from torch seed `seed`. `arch` may be left out when the checkpoint records it; a checkpoint
+    recording another arch is an error."""
+    import torch
+
+    from cion_ray.zoo.factory import create_backbone
+
+    if not weights:
+        raise CionError("no weights given: a checkpoint (file, run folder or s3:// URI), or 'random'")
+    if weights == RANDOM:
+        if not arch:
+            raise CionError("random weights need an arch (--arch)")
+        torch.manual_seed(seed)
+        return create_backbone(arch, tuple(size)), LoadedWeights(RANDOM, RANDOM, arch, None, seed)
+    state, info = read_checkpoint(weights)
+    if arch and info.arch and arch != info.arch:
+        raise CionError(f"weights {info.file} hold a {info.arch} backbone, not {arch}")
+    arch = arch or info.arch
+    if not arch:
+        raise CionError(f"weights {info.file} do not record their backbone: give it (--arch)")
+    model = create_backbone(arch, tuple(size))
+    load_state_strict(model, state, info.file, arch)
+    info.arch = arch
+    return model, info

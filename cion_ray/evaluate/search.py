@@ -1,0 +1,91 @@
+"""Query x gallery retrieval from features: distances, optional k-reciprocal re-ranking, the
+ranking (dense or faiss) and the metrics, a chunk of queries at a time.
+
+Memory stays within about `memory_mb` MiB besides the features themselves (and, re-ranked, the
+sparse neighbour encoding: tens of floats per image). Measured in benchmarks/bench_evaluate.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cion_ray.evaluate.distance import (BACKENDS, FaissSearch, check_metric, distance_block, prepare, rows_per_chunk,
+                                        sort_rows, sq_norms)
+from cion_ray.evaluate.retrieval import RankingScorer, RetrievalResult
+
+
+@dataclass
+class RankingOptions:
+    """How query x gallery features are compared.
+
+    distance: cosine | euclidean (squared). rerank: k-reciprocal re-ranking with k1, k2 and
+    lambda_value. backend: dense | faiss | auto (faiss when the gallery holds more than
+    faiss_above images). max_rank: CMC length. memory_mb: budget of each chunked step (MiB)."""
+    distance: str = "cosine"
+    rerank: bool = False
+    k1: int = 20
+    k2: int = 6
+    lambda_value: float = 0.3
+    backend: str = "auto"
+    faiss_above: int = 50_000
+    max_rank: int = 50
+    memory_mb: float = 512.0
+
+    def __post_init__(self):
+        from cion_ray.errors import ConfigError
+
+        if self.distance not in ("cosine", "euclidean"):
+            raise ConfigError(f"distance {self.distance!r}: use cosine or euclidean")
+        if self.backend not in BACKENDS + ("auto",):
+            raise ConfigError(f"backend {self.backend!r}: use auto, dense or faiss")
+        if self.k1 < 1 or self.k2 < 1 or not 0.0 <= self.lambda_value <= 1.0:
+            raise ConfigError(f"re-ranking needs k1 >= 1, k2 >= 1, 0 <= lambda_value <= 1 "
+                              f"(got {self.k1}, {self.k2}, {self.lambda_value})")
+        if self.max_rank < 1 or self.memory_mb <= 0:
+            raise ConfigError("max_rank must be at least 1 and memory_mb above 0")
+
+    def engine(self, n_gallery: int) -> str:
+        if self.backend != "auto":
+            return self.backend
+        return "faiss" if n_gallery > self.faiss_above else "dense"
+
+
+def rankings(qf: np.ndarray, gf: np.ndarray, opts: RankingOptions):
+    """Yield (start, order) for consecutive chunks of queries: order (c, G) int64 gallery
+    indices, nearest first, ties by index."""
+    check_metric(opts.distance)
+    engine = opts.engine(len(gf))
+    if opts.rerank:
+        from cion_ray.evaluate.rerank import KReciprocalReranker
+
+        rr = KReciprocalReranker(qf, gf, opts.distance, opts.k1, opts.k2, opts.lambda_value, engine, opts.memory_mb)
+        step = rr.rows_per_chunk()
+        for s in range(0, len(qf), step):
+            yield s, sort_rows(rr.distances(s, min(len(qf), s + step)))
+        return
+    q, g = prepare(qf, opts.distance), prepare(gf, opts.distance)
+    if engine == "faiss":
+        search = FaissSearch(g, opts.distance)
+        step = rows_per_chunk(len(g), 40, opts.memory_mb)
+        for s in range(0, len(q), step):
+            yield s, search.nearest(q[s:s + step], len(g))[0]
+        return
+    g_sq = sq_norms(g)
+    step = rows_per_chunk(len(g), 40, opts.memory_mb)  # distances, order, labels and masks per cell
+    for s in range(0, len(q), step):
+        yield s, sort_rows(distance_block(q[s:s + step], g, opts.distance, g_sq))
+
+
+def evaluate_features(qf: np.ndarray, gf: np.ndarray, q_pids, g_pids, q_cams, g_cams,
+                      opts: RankingOptions | None = None) -> RetrievalResult:
+    """CMC / mAP / mINP of query features qf (Q, D) against gallery features gf (G, D) with
+    their identities and cameras (Market protocol, see cion_ray.evaluate.retrieval)."""
+    opts = opts or RankingOptions()
+    q_pids, q_cams = np.asarray(q_pids), np.asarray(q_cams)
+    if len(qf) != len(q_pids) or len(gf) != len(g_pids):
+        raise ValueError(f"{len(qf)} query / {len(gf)} gallery features for {len(q_pids)} / {len(g_pids)} labels")
+    scorer = RankingScorer(g_pids, g_cams, opts.max_rank)
+    for s, order in rankings(qf, gf, opts):
+        scorer.add(order, q_pids[s:s + len(order)], q_cams[s:s + len(order)])
+    return scorer.result()
