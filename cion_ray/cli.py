@@ -190,6 +190,73 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_evaluate_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--weights", required=True,
+                   help="checkpoint: backbone.pth / teacher.pth, a pre-training run folder or Ray Train checkpoint "
+                        "(the newest), a released CION .pth; local or s3://. 'random': a seeded random init")
+    s.add_argument("--arch", help="backbone (cion-ray zoo list); optional when the checkpoint records it")
+    s.add_argument("--data", required=True, help="dataset folder (local or s3://)")
+    s.add_argument("--dataset", help="market1501 | dukemtmc | cuhk03np | msmt17 | synthetic (default: detected)")
+    s.add_argument("--protocol", choices=["detected", "labeled"], help="CUHK03-NP boxes (default detected)")
+    s.add_argument("--distance", choices=["cosine", "euclidean"], help="feature distance (default cosine)")
+    s.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3; "
+                                                         "--set ranking.k1=N to change)")
+    s.add_argument("--size", help="input size H,W (default 256,128)")
+    s.add_argument("--batch", type=int, help="images per forward pass")
+    s.add_argument("--no-flip", action="store_true", help="do not average with the mirrored image's features")
+    s.add_argument("--device", help="cpu | cuda (default cpu)")
+    s.add_argument("--seed", type=int, help="seed of --weights random")
+    s.add_argument("--max-rank", type=int, help="CMC length (default 50)")
+    s.add_argument("--backend", choices=["auto", "dense", "faiss"], help="ranking engine (auto: faiss for "
+                                                                         "galleries over --set ranking.faiss_above)")
+    s.add_argument("--actors", type=int, help="feature actors of the Ray pool (used above --ray-above images)")
+    s.add_argument("--gpus-per-actor", type=float, help="GPUs per feature actor (default: 1 with --device cuda)")
+    s.add_argument("--ray-above", type=int, help="extract with a Ray Data actor pool above this many images "
+                                                 "(default 20000; 0: always)")
+    s.add_argument("--out", help="write the result as JSON here (local or s3://)")
+    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
+    s.add_argument("--config", help="YAML file with EvaluateConfig fields")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set ranking.memory_mb=2048")
+
+
+def evaluate_config_from_args(args: argparse.Namespace):
+    from cion_ray.config import load_config
+    from cion_ray.errors import ConfigError
+    from cion_ray.evaluate.pipeline import EvaluateConfig
+
+    size = None
+    if args.size:
+        try:
+            size = [int(v) for v in args.size.split(",")]
+        except ValueError:
+            raise ConfigError(f"--size {args.size!r}: expected H,W, e.g. 256,128") from None
+    values = {"weights": args.weights, "arch": args.arch, "data": args.data, "dataset": args.dataset,
+              "cuhk03_protocol": args.protocol, "seed": args.seed, "out": args.out, "features.size": size,
+              "features.batch": args.batch, "features.flip": False if args.no_flip else None,
+              "features.device": args.device, "features.actors": args.actors,
+              "features.gpus_per_actor": args.gpus_per_actor, "features.ray_above": args.ray_above,
+              "ranking.distance": args.distance, "ranking.rerank": True if args.rerank else None,
+              "ranking.max_rank": args.max_rank, "ranking.backend": args.backend}
+    cfg = load_config(EvaluateConfig, args.config, args.set, values=values)
+    if cfg.arch:
+        from cion_ray.zoo.factory import check_backbone
+
+        check_backbone(cfg.arch)  # an unknown name fails before any data is read
+    return cfg
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from cion_ray.evaluate.pipeline import result_table
+    from cion_ray.runtime.evaluate import run_evaluate
+
+    r = run_evaluate(evaluate_config_from_args(args), address=args.address)
+    print(result_table(r))
+    if args.out:
+        print(f"  result: {args.out}")
+    return 0
+
+
 def _zoo(args: argparse.Namespace) -> int:
     from cion_ray.zoo.factory import count_parameters, create_backbone, feature_dim
     from cion_ray.zoo.registry import REGISTRY
@@ -236,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("pretrain", help="identity-guided self-distillation pre-training on Ray Train")
     add_pretrain_args(r)
     r.set_defaults(func=_pretrain)
+
+    e = sub.add_parser("evaluate", help="ReID retrieval of a backbone: CMC, mAP, mINP (optional re-ranking)")
+    add_evaluate_args(e)
+    e.set_defaults(func=_evaluate)
 
     z = sub.add_parser("zoo", help="the ReIDZoo backbones")
     zs = z.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")

@@ -117,7 +117,7 @@ def read_checkpoint(uri: str) -> tuple[dict, LoadedWeights]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file
-        raise CionError(f"weights {file}: cannot load ({type(e).__name__}: {e})") from None
+        raise CionError(f"weights {file}: cannot load ({_load_error(e)})") from None
     try:
         state = extract_backbone_state(obj)
     except CionError as e:
@@ -125,6 +125,16 @@ def read_checkpoint(uri: str) -> tuple[dict, LoadedWeights]:
     arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), str) else None
     epoch = obj.get("epoch") if isinstance(obj, dict) and isinstance(obj.get("epoch"), int) else None
     return state, LoadedWeights(str(uri), file, arch, epoch)
+
+
+def _load_error(e: Exception) -> str:
+    """One line for torch.load's (often multi-paragraph) error."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:  # weights_only refused it: say why, not the upgrade notes
+        detail = [ln.strip() for ln in text.split("WeightsUnpickler error:", 1)[1].splitlines() if ln.strip()]
+        return f"not a checkpoint of tensors and plain values: {detail[0] if detail else type(e).__name__}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"
 
 
 def load_state_strict(model, state: dict, file: str, arch: str) -> None:

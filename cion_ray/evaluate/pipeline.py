@@ -1,0 +1,115 @@
+"""The evaluate stage without Ray: a backbone (from a checkpoint, or in memory) and a ReID dataset
+-> CMC rank-1/5/10, mAP, mINP, as a dict (written as JSON by the runtime) and a printed table.
+
+`evaluate_model` takes the feature extractor as an argument: the local loop by default,
+cion_ray/runtime/evaluate.py passes a Ray Data actor pool for large datasets.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from cion_ray.errors import ConfigError
+from cion_ray.evaluate.datasets import ReIDDataset
+from cion_ray.evaluate.search import RankingOptions, evaluate_features
+
+# files -> (N, D) float32 features, in order; `what` names the split for progress lines
+Extractor = Callable[[list[str], str], np.ndarray]
+
+
+@dataclass
+class FeatureOptions:
+    """size: model input (H, W). batch: images per forward. flip: average with the mirrored
+    image's features. device: cpu | cuda[:n]. ray_above: datasets with more images (query +
+    gallery) are embedded by a Ray Data pool of `actors` actors (cpus_per_actor, gpus_per_actor
+    each; -1 GPUs: one per actor when the device is cuda), smaller ones in this process."""
+    size: tuple[int, int] = (256, 128)
+    batch: int = 64
+    flip: bool = True
+    device: str = "cpu"
+    ray_above: int = 20_000
+    actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = -1.0
+
+    def __post_init__(self):
+        if len(self.size) != 2 or min(self.size) < 1:
+            raise ConfigError(f"size {self.size}: expected H,W (two positive integers)")
+        self.size = (int(self.size[0]), int(self.size[1]))
+        if self.batch < 1 or self.actors < 1 or self.ray_above < 0:
+            raise ConfigError("batch and actors must be at least 1, ray_above at least 0")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise ConfigError(f"device {self.device!r}: use cpu or cuda")
+
+
+@dataclass
+class EvaluateConfig:
+    """weights: checkpoint file or folder (local or s3://), or "random" (seeded by `seed`).
+    arch: backbone name (optional when the checkpoint records it). data: the dataset folder;
+    dataset: its loader (cion_ray.evaluate.datasets; "" detects it); cuhk03_protocol:
+    detected | labeled. out: JSON result file ("" for none)."""
+    weights: str = ""
+    arch: str = ""
+    data: str = ""
+    dataset: str = ""
+    cuhk03_protocol: str = "detected"
+    seed: int = 0
+    out: str = ""
+    features: FeatureOptions = field(default_factory=FeatureOptions)
+    ranking: RankingOptions = field(default_factory=RankingOptions)
+
+
+def local_extractor(model, opts: FeatureOptions, log: Callable[[str], None] = print) -> Extractor:
+    """The extractor of this process: cion_ray.zoo.features.extract_features with progress lines."""
+    from cion_ray.zoo.features import ProgressLine, extract_features
+
+    def extract(files: list[str], what: str) -> np.ndarray:
+        return extract_features(model, files, opts.size, opts.batch, opts.flip, opts.device,
+                                progress=ProgressLine(log, what))
+
+    return extract
+
+
+def evaluate_model(model, dataset: ReIDDataset, cfg: EvaluateConfig, extract: Extractor | None = None,
+                   log: Callable[[str], None] = print, model_info: dict | None = None) -> dict:
+    """Evaluate `model` ((B, 3, H, W) -> (B, D)) on `dataset`: the result dict (metrics, CMC
+    curve, dataset, model, settings, seconds)."""
+    extract = extract or local_extractor(model, cfg.features, log)
+    t0 = time.perf_counter()
+    files = dataset.query.files + dataset.gallery.files
+    feats = extract(files, f"{dataset.name} features")
+    qf, gf = feats[:len(dataset.query)], feats[len(dataset.query):]
+    t1 = time.perf_counter()
+    opts = cfg.ranking
+    engine = opts.engine(len(gf))
+    log(f"ranking {len(qf)} queries x {len(gf)} gallery images ({opts.distance}"
+        f"{', k-reciprocal re-ranking' if opts.rerank else ''}, {engine})")
+    r = evaluate_features(qf, gf, dataset.query.pids, dataset.gallery.pids, dataset.query.cams,
+                          dataset.gallery.cams, opts)
+    t2 = time.perf_counter()
+    metrics = {k: r.summary()[k] for k in ("rank1", "rank5", "rank10") if k in r.summary()}
+    metrics.update(mAP=r.mAP, mINP=r.mINP, queries=r.queries, skipped=r.skipped, gallery=r.gallery)
+    settings = {"size": list(cfg.features.size), "batch": cfg.features.batch, "flip": cfg.features.flip,
+                "device": cfg.features.device, **asdict(opts), "engine": engine}
+    return {"metrics": metrics, "cmc": [float(c) for c in r.cmc], "dataset": dataset.summary(),
+            "model": model_info or {}, "settings": settings,
+            "seconds": {"features": round(t1 - t0, 3), "ranking": round(t2 - t1, 3)}}
+
+
+def result_table(result: dict) -> str:
+    """The printed form of a result: one header line, one row of percentages and counts."""
+    m, d, s, w = result["metrics"], result["dataset"], result["settings"], result.get("model", {})
+    cols = [("rank-1", "rank1"), ("rank-5", "rank5"), ("rank-10", "rank10"), ("mAP", "mAP"), ("mINP", "mINP")]
+    head = "".join(f"{c:>9}" for c, _ in cols) + f"{'queries':>9}{'gallery':>9}"
+    row = "".join(f"{100 * m[k]:>9.2f}" if k in m else f"{'-':>9}" for _, k in cols)
+    row += f"{m['queries']:>9}{m['gallery']:>9}"
+    how = s["distance"] + (f", re-ranked (k1 {s['k1']}, k2 {s['k2']}, lambda {s['lambda_value']})"
+                           if s["rerank"] else "")
+    size = "x".join(str(v) for v in s["size"])
+    title = (f"{w.get('arch', 'model')} ({w.get('weights', 'in memory')}) on {d['dataset']} {d['root']}: "
+             f"{how}, {size}{', flip' if s['flip'] else ''}")
+    skipped = f"\n  ({m['skipped']} queries without a match from another camera were skipped)" if m["skipped"] else ""
+    return f"{title}\n{head}\n{row}{skipped}"
