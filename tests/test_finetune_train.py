@@ -1,0 +1,73 @@
+"""The fine-tuning loop in one process (LocalContext) on the synthetic world's Market-style split:
+a short run from a random initialisation improves held-out retrieval, and a run stopped after a
+checkpoint and resumed ends with the same weights as one that never stopped."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cion_ray.config import load_config
+from cion_ray.finetune.config import FinetuneConfig
+
+# a tiny backbone at 64x32; AdamW 3e-3 with a cosine decay; no flip at evaluation (half the cost)
+SMALL = ["model.arch=test_resnet", "augment.size=64,32", "optim.optimizer=adamw", "optim.lr=3e-3",
+         "optim.schedule=cosine", "optim.warmup=0", "scale.loader_workers=0", "eval.flip=false"]
+
+
+def small_cfg(world, *extra) -> FinetuneConfig:
+    return load_config(FinetuneConfig, None, SMALL + [f"data={world / 'reid'}"] + list(extra))
+
+
+def test_short_finetuning_improves_held_out_map(default_world):
+    """40 iterations of 16 x 4 from a random init on the world's 16 training identities, evaluated on
+    its 46 held-out query / 92 gallery images. Measured over seeds 0, 1, 2: mAP 0.315 -> 0.592,
+    0.247 -> 0.517, 0.359 -> 0.517 (at least +0.158); asked here: +0.1."""
+    from cion_ray.finetune.loop import finetune
+
+    lines = []
+    r = finetune(small_cfg(default_world, "optim.steps=40", "log_every=20"), device="cpu", log=lines.append)
+    m = r.metrics
+    assert m["step"] == 40 and m["images"] == 40 * 64 and m["identities"] == 16 and m["train_images"] == 144
+    assert m["eval_mAP"] >= m["eval_mAP_init"] + 0.1, (m["eval_mAP_init"], m["eval_mAP"])
+    assert m["eval_rank1"] >= m["eval_rank1_init"]
+    assert [h["step"] for h in r.history] == [20, 40] and r.history[0]["loss"] > r.history[1]["loss"]
+    assert "eval_mAP" not in r.history[0]  # evaluated at the end only (eval.every = 0)
+    assert all(h["images_per_s"] > 0 and math.isfinite(h["eta_s"]) for h in r.history)
+    assert r.history[-1]["eta_s"] == 0 and r.history[-1]["id_acc"] > 0.5
+    assert any(line.startswith("retrieval before fine-tuning") for line in lines)
+    assert r.state is not None and r.state["iteration"] == 40 and not r.model.training
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_resumed_run_ends_where_an_unbroken_one_does(default_world, tmp_path):
+    """Checkpoints every 2 iterations; the first run dies at iteration 5 (after its checkpoint at 4),
+    the second resumes from 4. Batches and augmentations are functions of (seed, rank, iteration),
+    so the weights equal those of an unbroken run, which here also loads with 2 DataLoader
+    processes instead of none."""
+    from cion_ray.finetune.loop import finetune
+
+    common = ["optim.steps=7", "log_every=1", "checkpoint_every=2", "eval.enabled=false",
+              "optim.identities_per_batch=4", "optim.images_per_identity=2", "augment.size=32,16"]
+    whole = finetune(small_cfg(default_world, *common, "scale.loader_workers=2"), "cpu", lambda m: None)
+
+    def die_at_5(metrics):
+        if metrics["step"] == 5:
+            raise Stop
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Stop):
+        finetune(small_cfg(default_world, *common), "cpu", lambda m: None, ckpt_dir=str(ckpt), on_log=die_at_5)
+    assert torch.load(ckpt / "checkpoint.pt", weights_only=False)["iteration"] == 4
+    lines = []
+    resumed = finetune(small_cfg(default_world, *common), "cpu", lines.append, ckpt_dir=str(ckpt))
+    assert "resumed at iteration 4" in lines
+    assert [h["step"] for h in resumed.history] == [5, 6, 7]
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a), \
+        max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert resumed.metrics["loss"] == pytest.approx(whole.metrics["loss"], abs=1e-5)
