@@ -257,6 +257,95 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_finetune_args(s: argparse.ArgumentParser) -> None:
+    s.add_argument("--data", required=True, help="training images: a ReID dataset folder (its train split), a "
+                                                 "curated output (market/bounding_box_train) or Market-named images")
+    s.add_argument("--dataset", help="loader of --data: market1501 | dukemtmc | cuhk03np | msmt17 | synthetic "
+                                     "(default: detected)")
+    s.add_argument("--eval-data", help="dataset folder with query / gallery to evaluate on (default: --data)")
+    s.add_argument("--arch", help="backbone: a ReIDZoo name (cion-ray zoo list) or a timm name")
+    init = s.add_mutually_exclusive_group()
+    init.add_argument("--weights", help="initial weights: a checkpoint file or run folder (local or s3://)")
+    init.add_argument("--random-init", action="store_true", help="start from a seeded random initialisation")
+    s.add_argument("--out", required=True, help="run folder or s3:// prefix")
+    s.add_argument("--steps", type=int, help="length in iterations (images seen = steps x P x K x workers)")
+    s.add_argument("--epochs", type=int, help="length in epochs (default 120), when --steps is not given")
+    s.add_argument("--fractions", help="data-efficiency protocol: nested fractions of the training identities, "
+                                       "one run each, e.g. 0.1,0.25,0.5,1")
+    s.add_argument("--compare", action="append", default=[], metavar="RUN",
+                   help="another protocol run (folder or protocol.csv) to draw on the same plot (repeatable)")
+    s.add_argument("--size", help="input size H,W (default 256,128)")
+    s.add_argument("--pk", help="P,K: identities per batch and images per identity (default 16,4)")
+    s.add_argument("--lr", type=float, help="learning rate (default 3.5e-4)")
+    s.add_argument("--optimizer", choices=["adam", "adamw"])
+    s.add_argument("--schedule", choices=["step", "cosine"], help="lr after the warm-up (default step)")
+    s.add_argument("--id-only", action="store_true", help="the plain ID-classification loss (no triplet)")
+    s.add_argument("--eval-every", type=int, help="also evaluate every N iterations")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--label", help="this run's name in protocol tables and plots")
+    s.add_argument("--workers", type=int, help="Ray Train workers (default 1)")
+    s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 when the cluster has GPUs)")
+    s.add_argument("--cpus-per-worker", type=float)
+    s.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    s.add_argument("--resume", action="store_true", help="continue the run in --out (finished fractions are kept)")
+    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
+    s.add_argument("--config", help="YAML file with FinetuneConfig fields")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set loss.label_smoothing=0")
+
+
+def finetune_config_from_args(args: argparse.Namespace):
+    from cion_ray.config import load_config
+    from cion_ray.finetune.config import FinetuneConfig
+    from cion_ray.finetune.protocol import parse_fractions
+
+    pk = None
+    if args.pk:
+        pk = args.pk.split(",")
+        if len(pk) != 2:
+            raise CionError(f"--pk {args.pk!r}: expected P,K, e.g. 16,4")
+    values = {"data": args.data, "dataset": args.dataset, "eval.data": args.eval_data, "model.arch": args.arch,
+              "model.weights": "" if args.random_init else args.weights, "out": args.out,
+              "optim.steps": args.steps, "optim.epochs": args.epochs, "augment.size": args.size,
+              "optim.identities_per_batch": pk[0] if pk else None, "optim.images_per_identity": pk[1] if pk else None,
+              "optim.lr": args.lr, "optim.optimizer": args.optimizer, "optim.schedule": args.schedule,
+              "loss.triplet_weight": 0 if args.id_only else None, "eval.every": args.eval_every, "seed": args.seed,
+              "label": args.label, "scale.workers": args.workers, "scale.gpus_per_worker": args.gpus_per_worker,
+              "scale.cpus_per_worker": args.cpus_per_worker,
+              "fractions": list(parse_fractions(args.fractions)) if args.fractions else None}
+    cfg = load_config(FinetuneConfig, args.config, args.set, values=values)
+    if not cfg.model.weights and not args.random_init:
+        raise CionError("choose the initialisation: --weights CKPT (a checkpoint or run folder) or --random-init")
+    return cfg
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    from cion_ray.runtime.finetune import run_finetune, run_protocol
+
+    cfg = finetune_config_from_args(args)
+    kw = {"address": args.address, "local": args.local, "resume": args.resume}
+    if cfg.fractions:
+        from cion_ray.finetune.protocol import table_markdown
+
+        p = run_protocol(cfg, compare=args.compare, **kw)
+        print(f"data-efficiency protocol of {cfg.run_label}: {len(p.rows)} fractions")
+        print(table_markdown(p.rows), end="")
+        print(f"  table: {p.files['protocol.csv']}, {p.files['protocol.md']}   plot: {p.files['protocol.png']}")
+        return 0
+    if args.compare:
+        raise CionError("--compare draws protocol runs together: it needs --fractions")
+    r = run_finetune(cfg, **kw)
+    m = r.metrics
+    print(f"fine-tuned {cfg.model.arch} in {r.seconds:.0f}s: {m.get('step')} iterations, {m.get('images')} images "
+          f"seen, loss {m.get('loss', float('nan')):.4f}" + (" (finished before; reused)" if r.reused else ""))
+    if "eval_mAP" in m:
+        before = f" (before: mAP {m['eval_mAP_init']:.4f}, rank-1 {m['eval_rank1_init']:.4f})" \
+            if "eval_mAP_init" in m else ""
+        print(f"  retrieval:  mAP {m['eval_mAP']:.4f}  rank-1 {m['eval_rank1']:.4f}  mINP {m['eval_mINP']:.4f}{before}")
+    print(f"  exports:    {r.exports['model.pth']} (with BNNeck), {r.exports['backbone.pth']} (state dict)")
+    print(f"  metrics:    {r.out}/metrics.json, {r.out}/result.json")
+    return 0
+
 def _zoo(args: argparse.Namespace) -> int:
     from cion_ray.zoo.factory import count_parameters, create_backbone, feature_dim
     from cion_ray.zoo.registry import REGISTRY
@@ -307,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="ReID retrieval of a backbone: CMC, mAP, mINP (optional re-ranking)")
     add_evaluate_args(e)
     e.set_defaults(func=_evaluate)
+
+    f = sub.add_parser("finetune", help="supervised fine-tuning (BNNeck, ID + triplet loss) and the "
+                                        "data-efficiency protocol")
+    add_finetune_args(f)
+    f.set_defaults(func=_finetune)
 
     z = sub.add_parser("zoo", help="the ReIDZoo backbones")
     zs = z.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")
