@@ -56,3 +56,23 @@ def committed_files(out: str, stage: str) -> list[str]:
     if m is None:
         raise CionError(f"{out}: no committed {stage} output here (no {MANIFEST})")
     return [fs.join(out, f) for r in m["runs"] for f in r["files"]]
+
+
+def claim_run_folder(out: str, run_file: str, fingerprint: str, config: dict, resume: bool, what: str) -> bool:
+    """The start of a training run in `out`: record `run_file` ({"fingerprint", "config"}) there,
+    or, with `resume`, check that the run already there has the same fingerprint. A run already
+    there without `resume`, or `resume` with none there, is a CionError naming `out`.
+    Returns whether a run was there (True: resuming)."""
+    uri = fs.join(out, run_file)
+    if not fs.exists(uri):
+        if resume:
+            raise CionError(f"{out}: no {what} run to resume there")
+        fs.write_json(uri, {"fingerprint": fingerprint, "config": config})
+        return False
+    if not resume:
+        raise CionError(f"{out}: holds a {what} run already; pass --resume to continue it, or choose another --out")
+    prev = fs.read_json(uri).get("fingerprint")
+    if prev != fingerprint:
+        raise CionError(f"{out}: the run there has another configuration (fingerprint {prev}, now {fingerprint}); "
+                        "resume it with the same settings")
+    return True

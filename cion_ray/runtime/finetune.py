@@ -137,24 +137,14 @@ def _single(cfg: FinetuneConfig, address: str | None, local: bool, resume: bool,
     """One run into cfg.out; `carried`: metrics measured elsewhere (the protocol's one evaluation
     of the initialisation), recorded with this run's."""
     from cion_ray.finetune.outputs import write_exports
+    from cion_ray.io.runs import claim_run_folder
 
-    run_json, result_json = fs.join(cfg.out, "finetune.json"), fs.join(cfg.out, "result.json")
-    if fs.exists(run_json):
-        if not resume:
-            raise CionError(f"{cfg.out}: holds a fine-tuning run already; pass --resume to continue it, "
-                            "or choose another --out")
-        prev = fs.read_json(run_json)
-        if prev.get("fingerprint") != cfg.fingerprint():
-            raise CionError(f"{cfg.out}: the run there has another configuration (fingerprint "
-                            f"{prev.get('fingerprint')}, now {cfg.fingerprint()}); resume it with the same settings")
-        if fs.exists(result_json):
-            r = fs.read_json(result_json)
-            log(f"{cfg.out}: finished already (mAP {r['metrics'].get('eval_mAP', float('nan')):.4f}); reused")
-            return FinetuneResult(cfg.out, r["metrics"], r["exports"], r["seconds"], reused=True)
-    elif resume:
-        raise CionError(f"{cfg.out}: no fine-tuning run to resume there")
-    else:
-        fs.write_json(run_json, {"fingerprint": cfg.fingerprint(), "config": asdict(cfg)})
+    result_json = fs.join(cfg.out, "result.json")
+    if claim_run_folder(cfg.out, "finetune.json", cfg.fingerprint(), asdict(cfg), resume, "fine-tuning") \
+            and fs.exists(result_json):
+        r = fs.read_json(result_json)
+        log(f"{cfg.out}: finished already (mAP {r['metrics'].get('eval_mAP', float('nan')):.4f}); reused")
+        return FinetuneResult(cfg.out, r["metrics"], r["exports"], r["seconds"], reused=True)
     t0 = time.perf_counter()
     state = _fit_locally(cfg, log) if local else _fit_on_ray(cfg, address, log)
     exports = write_exports(state, fs.join(cfg.out, "export"))
