@@ -207,8 +207,9 @@ def add_evaluate_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--device", help="cpu | cuda (default cpu)")
     s.add_argument("--seed", type=int, help="seed of --weights random")
     s.add_argument("--max-rank", type=int, help="CMC length (default 50)")
-    s.add_argument("--backend", choices=["auto", "dense", "faiss"], help="ranking engine (auto: faiss for "
-                                                                         "galleries over --set ranking.faiss_above)")
+    s.add_argument("--backend", choices=["auto", "dense", "faiss"],
+                   help="search engine, same results (auto: dense ranking, faiss for re-ranking's neighbours "
+                        "above --set ranking.faiss_above images)")
     s.add_argument("--actors", type=int, help="feature actors of the Ray pool (used above --ray-above images)")
     s.add_argument("--gpus-per-actor", type=float, help="GPUs per feature actor (default: 1 with --device cuda)")
     s.add_argument("--ray-above", type=int, help="extract with a Ray Data actor pool above this many images "

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cion_ray.evaluate.distance import FaissSearch, distance_block, nearest_neighbours, prepare, smallest_k, sort_rows
+from cion_ray.evaluate.distance import (FaissSearch, distance_block, nearest_neighbours, prepare, smallest_k,
+                                        sort_values)
 from cion_ray.evaluate.rerank import KReciprocalReranker
 from cion_ray.evaluate.retrieval import evaluate_ranking
-from cion_ray.evaluate.search import RankingOptions, evaluate_features, rankings
+from cion_ray.evaluate.search import RankingOptions, distance_chunks, evaluate_features
 
 
 def reference_rerank(qf, gf, metric, k1=20, k2=6, lam=0.3):
@@ -92,17 +93,34 @@ def lattice(seed, metric="cosine", nq=40, ng=300, dim=16):
 
 
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
-def test_faiss_ranking_equals_dense_ranking_ties_included(metric):
-    q, g, *_ = lattice(0, metric)
+def test_faiss_distances_equal_dense_ones_ties_included(metric):
+    q, g, qp, gp, qc, gc = lattice(0, metric)
     pq_, pg = prepare(q, metric), prepare(g, metric)
     d = distance_block(pq_, pg, metric)
     assert (np.sort(d, axis=1)[:, 1:] == np.sort(d, axis=1)[:, :-1]).any(), "the case must hold ties"
-    dense = sort_rows(d)
-    faiss_order, faiss_d = FaissSearch(pg, metric).nearest(pq_, len(g))
-    np.testing.assert_array_equal(faiss_order, dense)
-    np.testing.assert_array_equal(faiss_d, np.take_along_axis(d, dense, axis=1))
-    stable = np.argsort(d, axis=1, kind="stable")
-    np.testing.assert_array_equal(dense, stable)  # ties by gallery index
+    dist, sorted_d = FaissSearch(pg, metric).ranked(pq_)
+    np.testing.assert_array_equal(dist, d)
+    np.testing.assert_array_equal(sorted_d, sort_values(d, threads=3))
+    a = evaluate_features(q, g, qp, gp, qc, gc, RankingOptions(distance=metric, backend="dense"))
+    b = evaluate_features(q, g, qp, gp, qc, gc, RankingOptions(distance=metric, backend="faiss"))
+    np.testing.assert_array_equal(a.ap, b.ap)
+    np.testing.assert_array_equal(a.cmc, b.cmc)
+
+
+def test_ties_rank_by_gallery_index_like_a_stable_sort():
+    q, g, qp, gp, qc, gc = lattice(4, nq=60, ng=500)
+    d = distance_block(prepare(q, "cosine"), prepare(g, "cosine"), "cosine")
+    order = np.argsort(d, axis=1, kind="stable")
+    cmc, aps = np.zeros(50), []
+    for i in range(len(q)):  # the ranking written out: stable order, junk removed, hits listed
+        ranked = [j for j in order[i] if not (gp[j] == qp[i] and gc[j] == qc[i])]
+        hits = np.array([r for r, j in enumerate(ranked) if gp[j] == qp[i]])
+        if len(hits):
+            cmc[hits[0]:] += hits[0] < 50
+            aps.append(np.mean(np.arange(1, len(hits) + 1) / (hits + 1)))
+    r = evaluate_ranking(d, qp, gp, qc, gc, chunk=7)
+    np.testing.assert_allclose(r.ap, aps, rtol=1e-12)
+    np.testing.assert_allclose(r.cmc, cmc / len(aps), rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -115,8 +133,14 @@ def test_chunked_and_faiss_evaluation_equal_the_dense_matrix(seed):
         np.testing.assert_array_equal(r.cmc, whole.cmc)
         np.testing.assert_array_equal(r.ap, whole.ap)
         assert (r.mINP, r.queries, r.skipped) == (whole.mINP, whole.queries, whole.skipped)
-    chunks = [len(order) for _, order in rankings(q, g, RankingOptions(memory_mb=0.05))]
+    chunks = [len(d) for _, d, _ in distance_chunks(q, g, RankingOptions(memory_mb=0.05))]
     assert len(chunks) > 1 and sum(chunks) == len(q), "a 50 KiB budget splits 40 x 300 into chunks"
+
+
+def test_auto_engines():
+    opts = RankingOptions(faiss_above=1000)
+    assert opts.engines(100, 800) == ("dense", "dense") and opts.engines(300, 800) == ("dense", "faiss")
+    assert RankingOptions(backend="faiss").engines(1, 1) == ("faiss", "faiss")
 
 
 def test_nearest_neighbours_and_smallest_k_break_ties_by_index():

@@ -84,16 +84,17 @@ def evaluate_model(model, dataset: ReIDDataset, cfg: EvaluateConfig, extract: Ex
     qf, gf = feats[:len(dataset.query)], feats[len(dataset.query):]
     t1 = time.perf_counter()
     opts = cfg.ranking
-    engine = opts.engine(len(gf))
-    log(f"ranking {len(qf)} queries x {len(gf)} gallery images ({opts.distance}"
-        f"{', k-reciprocal re-ranking' if opts.rerank else ''}, {engine})")
+    engine, neighbours = opts.engines(len(qf), len(gf))
+    log(f"ranking {len(qf)} queries x {len(gf)} gallery images ({opts.distance}, {engine}"
+        f"{f'; k-reciprocal re-ranking, neighbours by {neighbours}' if opts.rerank else ''})")
     r = evaluate_features(qf, gf, dataset.query.pids, dataset.gallery.pids, dataset.query.cams,
                           dataset.gallery.cams, opts)
     t2 = time.perf_counter()
     metrics = {k: r.summary()[k] for k in ("rank1", "rank5", "rank10") if k in r.summary()}
     metrics.update(mAP=r.mAP, mINP=r.mINP, queries=r.queries, skipped=r.skipped, gallery=r.gallery)
     settings = {"size": list(cfg.features.size), "batch": cfg.features.batch, "flip": cfg.features.flip,
-                "device": cfg.features.device, **asdict(opts), "engine": engine}
+                "device": cfg.features.device, **asdict(opts), "engine": engine,
+                "neighbour_engine": neighbours if opts.rerank else None}
     return {"metrics": metrics, "cmc": [float(c) for c in r.cmc], "dataset": dataset.summary(),
             "model": model_info or {}, "settings": settings,
             "seconds": {"features": round(t1 - t0, 3), "ranking": round(t2 - t1, 3)}}

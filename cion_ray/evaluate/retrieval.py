@@ -7,7 +7,7 @@ at the ranks of the true matches. INP (Ye et al., 2021): (number of true matches
 the last true match), i.e. how far one must look to find them all. mAP / mINP: their means.
 Equal distances rank by gallery index.
 
-`RankingScorer` takes the rankings a chunk of queries at a time, so the query x gallery
+`RankingScorer` takes the distances a chunk of queries at a time, so the query x gallery
 distance matrix is never needed whole (cion_ray.evaluate.search feeds it chunks).
 """
 from __future__ import annotations
@@ -42,8 +42,11 @@ class RetrievalResult:
 class RankingScorer:
     """Accumulates CMC / AP / INP over chunks of queries.
 
-    g_pids, g_cams: (G,) gallery identities and cameras. `add(order, q_pids, q_cams)` takes
-    order: (c, G) gallery indices of c queries, nearest first (cion_ray.evaluate.distance.sort_rows)."""
+    g_pids, g_cams: (G,) gallery identities and cameras. `add(dist, q_pids, q_cams)` takes the
+    (c, G) distances of c queries; optionally `sorted_dist`, the same rows sorted ascending
+    (cion_ray.evaluate.distance.sort_values). The gallery is never reordered: a true match's rank
+    is the number of kept images before it, those at a smaller distance or at the same distance
+    with a smaller gallery index, found by binary search in the sorted row."""
 
     def __init__(self, g_pids, g_cams, max_rank: int = 50):
         self.g_pids, self.g_cams = np.asarray(g_pids), np.asarray(g_cams)
@@ -57,24 +60,40 @@ class RankingScorer:
         self.inps: list[float] = []
         self.seen = 0
 
-    def add(self, order: np.ndarray, q_pids, q_cams) -> None:
+    def add(self, dist: np.ndarray, q_pids, q_cams, sorted_dist: np.ndarray | None = None) -> None:
         q_pids, q_cams = np.asarray(q_pids), np.asarray(q_cams)
-        if order.shape != (len(q_pids), len(self.g_pids)) or len(q_cams) != len(q_pids):
-            raise ValueError(f"ranking {order.shape} does not match {len(q_pids)} query and "
+        if dist.shape != (len(q_pids), len(self.g_pids)) or len(q_cams) != len(q_pids):
+            raise ValueError(f"distances {dist.shape} do not match {len(q_pids)} query and "
                              f"{len(self.g_pids)} gallery labels")
+        if sorted_dist is None:
+            sorted_dist = np.sort(dist, axis=1)
         self.seen += len(q_pids)
-        gp, gc = self.g_pids[order], self.g_cams[order]
-        match = gp == q_pids[:, None]
-        keep = ~(match & (gc == q_cams[:, None]))
+        same = self.g_pids[None, :] == q_pids[:, None]
+        junk = same & (self.g_cams[None, :] == q_cams[:, None])  # same identity, same camera: left out
         for i in range(len(q_pids)):
-            m = match[i][keep[i]]
-            hits = np.flatnonzero(m)  # 0-based ranks of the true matches among the kept images
+            hits = self._hit_ranks(dist[i], sorted_dist[i], np.flatnonzero(same[i] & ~junk[i]),
+                                   np.flatnonzero(junk[i]))
             if len(hits) == 0:
                 continue
             if hits[0] < self.max_rank:
                 self.cmc_sum[hits[0]:] += 1
             self.aps.append(float(np.mean(np.arange(1, len(hits) + 1) / (hits + 1))))
             self.inps.append(len(hits) / (hits[-1] + 1))
+
+    @staticmethod
+    def _hit_ranks(row: np.ndarray, srow: np.ndarray, matches: np.ndarray, junk: np.ndarray) -> np.ndarray:
+        """Sorted 0-based ranks of the true matches among the kept gallery images."""
+        if len(matches) == 0:
+            return matches
+        dm = row[matches]
+        ranks = np.searchsorted(srow, dm, side="left")  # images strictly closer
+        for t in np.flatnonzero(np.searchsorted(srow, dm, side="right") - ranks > 1):
+            ranks[t] += np.count_nonzero(row[:matches[t]] == dm[t])  # ties: smaller gallery index first
+        if len(junk):
+            dj = row[junk]
+            ranks -= ((dj[None, :] < dm[:, None]) | ((dj[None, :] == dm[:, None]) & (junk[None, :] < matches[:, None]))
+                      ).sum(axis=1)
+        return np.sort(ranks)
 
     def result(self) -> RetrievalResult:
         n = len(self.aps)
@@ -87,8 +106,8 @@ class RankingScorer:
 def evaluate_ranking(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams, max_rank: int = 50,
                      chunk: int = 1024) -> RetrievalResult:
     """dist: (Q, G), smaller = more alike. Queries are ranked `chunk` at a time (memory Q x G
-    floats for the matrix itself, about 30 x chunk x G bytes for the work)."""
-    from cion_ray.evaluate.distance import sort_rows
+    floats for the matrix itself, about 12 x chunk x G bytes for the work)."""
+    from cion_ray.evaluate.distance import sort_values
 
     dist = np.asarray(dist)
     q_pids, q_cams = np.asarray(q_pids), np.asarray(q_cams)
@@ -97,7 +116,8 @@ def evaluate_ranking(dist: np.ndarray, q_pids, g_pids, q_cams, g_cams, max_rank:
                          f"{len(g_pids)} gallery labels")
     scorer = RankingScorer(g_pids, g_cams, max_rank)
     for s in range(0, len(q_pids), chunk):
-        scorer.add(sort_rows(dist[s:s + chunk]), q_pids[s:s + chunk], q_cams[s:s + chunk])
+        block = dist[s:s + chunk]
+        scorer.add(block, q_pids[s:s + chunk], q_cams[s:s + chunk], sort_values(block))
     return scorer.result()
 
 

@@ -1,5 +1,5 @@
-"""Query x gallery retrieval from features: distances, optional k-reciprocal re-ranking, the
-ranking (dense or faiss) and the metrics, a chunk of queries at a time.
+"""Query x gallery retrieval from features: distances (dense or faiss), optional k-reciprocal
+re-ranking, and the metrics, a chunk of queries at a time.
 
 Memory stays within about `memory_mb` MiB besides the features themselves (and, re-ranked, the
 sparse neighbour encoding: tens of floats per image). Measured in benchmarks/bench_evaluate.py.
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cion_ray.evaluate.distance import (BACKENDS, FaissSearch, check_metric, distance_block, prepare, rows_per_chunk,
-                                        sort_rows, sq_norms)
+                                        sort_values, sq_norms)
 from cion_ray.evaluate.retrieval import RankingScorer, RetrievalResult
 
 
@@ -20,8 +20,8 @@ class RankingOptions:
     """How query x gallery features are compared.
 
     distance: cosine | euclidean (squared). rerank: k-reciprocal re-ranking with k1, k2 and
-    lambda_value. backend: dense | faiss | auto (faiss when the gallery holds more than
-    faiss_above images). max_rank: CMC length. memory_mb: budget of each chunked step (MiB)."""
+    lambda_value. backend: dense | faiss | auto (see `engines`; both give the same ranking).
+    max_rank: CMC length. memory_mb: budget of each chunked step (MiB)."""
     distance: str = "cosine"
     rerank: bool = False
     k1: int = 20
@@ -45,36 +45,43 @@ class RankingOptions:
         if self.max_rank < 1 or self.memory_mb <= 0:
             raise ConfigError("max_rank must be at least 1 and memory_mb above 0")
 
-    def engine(self, n_gallery: int) -> str:
+    def engines(self, n_query: int, n_gallery: int) -> tuple[str, str]:
+        """(ranking engine, re-ranking's neighbour-search engine). `auto` ranks with dense (a full
+        sort per query; faiss's whole-gallery search measured 7x slower at MSMT17 size on 2 cores)
+        and searches re-ranking's neighbours among all Q + G images with faiss above faiss_above
+        images (measured 8% faster there, benchmarks/RESULTS.md)."""
         if self.backend != "auto":
-            return self.backend
-        return "faiss" if n_gallery > self.faiss_above else "dense"
+            return self.backend, self.backend
+        return "dense", "faiss" if n_query + n_gallery > self.faiss_above else "dense"
 
 
-def rankings(qf: np.ndarray, gf: np.ndarray, opts: RankingOptions):
-    """Yield (start, order) for consecutive chunks of queries: order (c, G) int64 gallery
-    indices, nearest first, ties by index."""
+def distance_chunks(qf: np.ndarray, gf: np.ndarray, opts: RankingOptions):
+    """Yield (start, dist, sorted_dist) for consecutive chunks of queries: dist (c, G) float32
+    query x gallery distances (re-ranked when asked), sorted_dist the same rows sorted."""
     check_metric(opts.distance)
-    engine = opts.engine(len(gf))
+    engine, neighbours = opts.engines(len(qf), len(gf))
     if opts.rerank:
         from cion_ray.evaluate.rerank import KReciprocalReranker
 
-        rr = KReciprocalReranker(qf, gf, opts.distance, opts.k1, opts.k2, opts.lambda_value, engine, opts.memory_mb)
+        rr = KReciprocalReranker(qf, gf, opts.distance, opts.k1, opts.k2, opts.lambda_value, neighbours,
+                                 opts.memory_mb)
         step = rr.rows_per_chunk()
         for s in range(0, len(qf), step):
-            yield s, sort_rows(rr.distances(s, min(len(qf), s + step)))
+            d = rr.distances(s, min(len(qf), s + step))
+            yield s, d, sort_values(d)
         return
     q, g = prepare(qf, opts.distance), prepare(gf, opts.distance)
+    step = rows_per_chunk(len(g), 24, opts.memory_mb)  # per cell: distances, a sorted copy, masks
     if engine == "faiss":
         search = FaissSearch(g, opts.distance)
-        step = rows_per_chunk(len(g), 40, opts.memory_mb)
+        step = rows_per_chunk(len(g), 48, opts.memory_mb)  # and faiss's inner products, indices, heaps
         for s in range(0, len(q), step):
-            yield s, search.nearest(q[s:s + step], len(g))[0]
+            yield (s, *search.ranked(q[s:s + step]))
         return
     g_sq = sq_norms(g)
-    step = rows_per_chunk(len(g), 40, opts.memory_mb)  # distances, order, labels and masks per cell
     for s in range(0, len(q), step):
-        yield s, sort_rows(distance_block(q[s:s + step], g, opts.distance, g_sq))
+        d = distance_block(q[s:s + step], g, opts.distance, g_sq)
+        yield s, d, sort_values(d)
 
 
 def evaluate_features(qf: np.ndarray, gf: np.ndarray, q_pids, g_pids, q_cams, g_cams,
@@ -86,6 +93,6 @@ def evaluate_features(qf: np.ndarray, gf: np.ndarray, q_pids, g_pids, q_cams, g_
     if len(qf) != len(q_pids) or len(gf) != len(g_pids):
         raise ValueError(f"{len(qf)} query / {len(gf)} gallery features for {len(q_pids)} / {len(g_pids)} labels")
     scorer = RankingScorer(g_pids, g_cams, opts.max_rank)
-    for s, order in rankings(qf, gf, opts):
-        scorer.add(order, q_pids[s:s + len(order)], q_cams[s:s + len(order)])
+    for s, d, sorted_d in distance_chunks(qf, gf, opts):
+        scorer.add(d, q_pids[s:s + len(d)], q_cams[s:s + len(d)], sorted_d)
     return scorer.result()

@@ -8,6 +8,7 @@ an in-memory model (a comparison job evaluating many checkpoints in one process)
 """
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from typing import Callable
@@ -62,7 +63,7 @@ def ray_extractor(model, opts: FeatureOptions, address: str | None = None,
         if opts.device.startswith("cuda") and gpus == 0:
             raise CionError("--device cuda with the Ray pool needs GPUs in the cluster (or --gpus-per-actor)")
         cpus = fit_actor_cpus(opts.actors, opts.cpus_per_actor)
-        ref = ray.put(model.cpu())
+        ref = ray.put(copy.deepcopy(model).cpu())  # the caller's model stays where it is
         items = [{"i": i, "uri": f} for i, f in enumerate(files)]
         blocks = max(opts.actors * 4, len(files) // max(1, opts.batch * 8))
         ds = ray.data.from_items(items, override_num_blocks=min(len(files), blocks))

@@ -16,7 +16,7 @@ import numpy as np
 
 from cion_ray.errors import CionError
 from cion_ray.io import fs
-from cion_ray.io.images import MEAN, STD, ImageDecodeError, decode_jpeg, eval_array
+from cion_ray.io.images import MEAN, STD, decode_jpeg, eval_array
 
 __all__ = ["MEAN", "STD", "decode_jpeg", "extract_features", "ProgressLine"]
 
@@ -29,7 +29,7 @@ def _prepare(item: ImageRef, index: int, size: tuple[int, int], on_error: str) -
     try:
         data = fs.read_bytes(item) if isinstance(item, str) else item
         return eval_array(decode_jpeg(data, name), size)
-    except (ImageDecodeError, CionError):
+    except CionError:  # unreadable (named by fs) or undecodable (ImageDecodeError)
         if on_error == "nan":
             return None
         raise
