@@ -75,7 +75,7 @@ def test_cli_end_to_end_equals_the_in_memory_evaluation(split, weights, tmp_path
     assert lines[2].split()[-2:] == ["8", "25"] and float(lines[2].split()[3]) == pytest.approx(100 * m["mAP"], abs=0.01)
     assert res["settings"]["distance"] == "cosine" and res["settings"]["size"] == [64, 32] and not res["settings"]["rerank"]
     assert res["model"]["file"] == str(path) and res["dataset"]["query"]["images"] == 8
-    assert res["extraction"] == "local" and len(res["cmc"]) == 25
+    assert res["extraction"] == {"where": "local", "actors": 0} and len(res["cmc"]) == 25
 
 
 def test_cli_rerank_euclidean_and_seeded_random_weights(split, capsys, tmp_path):
@@ -160,6 +160,6 @@ def test_ray_actor_pool_extraction_equals_the_local_loop(ray_session, split, wei
     assert lines and lines[-1].startswith(f"split (1 Ray actor): {len(files)}/{len(files)} images")
     a = run_evaluate(small_cfg(split, ray_above=0), model=model, log=lambda m: None)
     b = run_evaluate(small_cfg(split), model=model, log=lambda m: None)
-    assert a["extraction"] == "ray (1 actors)" and b["extraction"] == "local"
+    assert a["extraction"] == {"where": "ray", "actors": 1} and b["extraction"]["where"] == "local"
     assert a["metrics"]["mAP"] == pytest.approx(b["metrics"]["mAP"], abs=1e-6)
     assert a["metrics"]["rank1"] == b["metrics"]["rank1"]

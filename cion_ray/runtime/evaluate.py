@@ -127,7 +127,7 @@ def run_evaluate(cfg: EvaluateConfig, model=None, dataset: ReIDDataset | None = 
         result = evaluate_model(model, dataset, cfg, extract, log, model_info)
     except ValueError as e:  # e.g. no query with a match from another camera
         raise CionError(f"{dataset.root}: {e}") from None
-    result["extraction"] = f"ray ({cfg.features.actors} actors)" if pooled else "local"
+    result["extraction"] = {"where": "ray" if pooled else "local", "actors": cfg.features.actors if pooled else 0}
     result["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     if cfg.out:
         fs.write_json(cfg.out, result)
