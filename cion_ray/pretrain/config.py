@@ -31,6 +31,13 @@ class ViewsConfig:
     global_scale: tuple[float, float] = (0.8, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.8)
     ratio: tuple[float, float] = (0.4, 0.6)  # width / height, as RandomResizedCrop's ratio
+    # photometric augmentation: ColorJitter (brightness, contrast, saturation, hue) with
+    # probability colour_p, grayscale, Gaussian blur on (global 1, global 2, local), solarize on global 2
+    colour_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
+    colour_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    solarize_p: float = 0.2
 
     def __post_init__(self):
         if self.local_crops < 0:
@@ -38,6 +45,11 @@ class ViewsConfig:
         for name in ("global_size", "local_size", "global_scale", "local_scale", "ratio"):
             if len(getattr(self, name)) != 2:
                 raise ConfigError(f"views.{name} needs two values")
+        if len(self.colour_jitter) != 4 or len(self.blur_p) != 3:
+            raise ConfigError("views.colour_jitter needs 4 values and views.blur_p 3")
+        probs = (self.colour_p, self.grayscale_p, self.solarize_p, *self.blur_p)
+        if any(not 0 <= x <= 1 for x in probs):
+            raise ConfigError(f"views: probabilities must lie in [0, 1], got {probs}")
 
 
 @dataclass
@@ -47,6 +59,7 @@ class ModelConfig:
     hidden_dim: int = 2048
     bottleneck_dim: int = 256
     norm_last_layer: bool = True
+    head_bn: bool = False  # BatchNorm after the head's hidden layers (DINO's use_bn option)
     sync_bn: bool = True  # CNNs on GPU with several workers
 
 
@@ -65,6 +78,18 @@ class OptimConfig:
     teacher_temp: float = 0.04
     student_temp: float = 0.1
     center_momentum: float = 0.9
+    # how the teacher's outputs become targets: "center" (the released recipe: subtract an EMA of
+    # the batch mean, then sharpen) or "sinkhorn" (Sinkhorn-Knopp equipartition over the batch,
+    # as in SwAV and DINOv2; it cannot collapse to one dimension nor to the uniform distribution)
+    centering: str = "center"
+    sinkhorn_iters: int = 3
+    # teacher temperature warm-up (DINO): linear from warmup_teacher_temp to teacher_temp over
+    # warmup_teacher_temp_epochs (0: none)
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    # KoLeo regulariser (DINOv2) on the student's backbone features of the global views: spreads
+    # a batch's identities apart (images of one identity are not pushed apart); 0 = off
+    koleo: float = 0.0
     # gradual K: "fraction:K,..." (where each K starts, as a fraction of the epochs);
     # "0:1" = instance-level DINO, "0:2" = a constant K
     k_schedule: str = GRADUAL_K
@@ -87,6 +112,12 @@ class OptimConfig:
             raise ConfigError(f"optim.precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.warmup_epochs < 0:
             raise ConfigError("optim.warmup_epochs must be >= 0")
+        if self.centering not in ("center", "sinkhorn"):
+            raise ConfigError(f"optim.centering must be center or sinkhorn, got {self.centering!r}")
+        if self.sinkhorn_iters < 1 or self.warmup_teacher_temp_epochs < 0 or self.koleo < 0:
+            raise ConfigError("optim: need sinkhorn_iters >= 1, warmup_teacher_temp_epochs >= 0 and koleo >= 0")
+        if min(self.teacher_temp, self.warmup_teacher_temp, self.student_temp) <= 0:
+            raise ConfigError("optim: temperatures must be > 0")
         if self.warmup_epochs >= self.epochs and self.epochs > 1:
             self.warmup_epochs = self.epochs - 1
 
@@ -106,7 +137,13 @@ class PretrainConfig:
     data: str = ""  # curated output (identities Parquet), track output (tracklet labels), or a CION-AL JSON
     out: str = ""  # run folder or s3:// prefix: Ray Train storage, checkpoints, TensorBoard, exports
     crops: str = ""  # tracking output holding a curated output's images (default: as recorded by curate)
-    labels: str = "identity"  # identity (curated) or tracklet (the tracklet-level baseline)
+    # identity (curated), tracklet (the tracklet-level baseline) or gt (the ground-truth identities
+    # of a synthetic world or MOT gt.txt, matched to the crops: the upper bound; needs gt)
+    labels: str = "identity"
+    gt: str = ""  # labels=gt: the synthetic world folder (or a MOT folder with <video>/gt.txt)
+    # backbone initialisation: "" (random, seeded) or a checkpoint (path or s3://) in any layout
+    # cion-ray evaluate reads, e.g. an ImageNet-trained backbone; student and teacher start from it
+    init: str = ""
     data_fraction: float = 1.0
     seed: int = 0
     checkpoint_every: int = 1  # epochs between checkpoints
@@ -122,8 +159,10 @@ class PretrainConfig:
     def __post_init__(self):
         if not 0 < self.data_fraction <= 1:
             raise ConfigError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if self.labels not in ("identity", "tracklet"):
-            raise ConfigError(f"labels must be 'identity' or 'tracklet', got {self.labels!r}")
+        if self.labels not in ("identity", "tracklet", "gt"):
+            raise ConfigError(f"labels must be 'identity', 'tracklet' or 'gt', got {self.labels!r}")
+        if (self.labels == "gt") != bool(self.gt):
+            raise ConfigError("labels=gt needs gt (a synthetic world or MOT folder), and gt needs labels=gt")
         if self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every must be >= 1")
         if self.scale.workers < 1:

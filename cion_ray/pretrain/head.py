@@ -25,14 +25,17 @@ class WeightNormLinear(nn.Module):
 
 
 class DINOHead(nn.Module):
-    """MLP in -> hidden -> hidden -> bottleneck (GELU, no BN), L2-normalise, weight-normalised
-    linear to out_dim. With norm_last_layer the norm g stays fixed at 1."""
+    """MLP in -> hidden -> hidden -> bottleneck (GELU; BatchNorm after each hidden layer only with
+    use_bn), L2-normalise, weight-normalised linear to out_dim. With norm_last_layer the norm g
+    stays fixed at 1."""
 
     def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 norm_last_layer: bool = True):
+                 norm_last_layer: bool = True, use_bn: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        layers: list[nn.Module] = []
+        for a, b in ((in_dim, hidden_dim), (hidden_dim, hidden_dim)):
+            layers += [nn.Linear(a, b)] + ([nn.BatchNorm1d(b)] if use_bn else []) + [nn.GELU()]
+        self.mlp = nn.Sequential(*layers, nn.Linear(hidden_dim, bottleneck_dim))
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)
@@ -47,14 +50,15 @@ class DINOHead(nn.Module):
 class MultiCropWrapper(nn.Module):
     """Runs the backbone once per run of same-sized views, then the head on all features.
 
-    views: list of (B, 3, H_v, W_v) tensors -> (len(views) * B, out_dim), view-major."""
+    views: list of (B, 3, H_v, W_v) tensors -> (len(views) * B, out_dim), view-major; with
+    return_features also the backbone features (len(views) * B, feature_dim)."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, views: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    def forward(self, views: list[torch.Tensor] | torch.Tensor, return_features: bool = False):
         if isinstance(views, torch.Tensor):
             views = [views]
         feats, start = [], 0
@@ -64,4 +68,6 @@ class MultiCropWrapper(nn.Module):
                 end += 1
             feats.append(self.backbone(torch.cat(views[start:end])))
             start = end
-        return self.head(torch.cat(feats))
+        feats = torch.cat(feats)
+        out = self.head(feats)
+        return (out, feats) if return_features else out

@@ -25,7 +25,7 @@ from cion_ray.errors import CionError
 from cion_ray.pretrain.config import PretrainConfig
 from cion_ray.pretrain.data import fetch_images, load_labels, select_identities
 from cion_ray.pretrain.sampler import IdentitySampler, shard_identities
-from cion_ray.pretrain.schedules import cosine_schedule, k_at_epoch
+from cion_ray.pretrain.schedules import cosine_schedule, k_at_epoch, teacher_temp_schedule
 from cion_ray.pretrain.task import CIONTask, clip_gradients, has_batchnorm
 from cion_ray.pretrain.views import MultiCropViews, decode_jpeg
 
@@ -138,6 +138,7 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
     lr = cosine_schedule(o.lr * total_batch / 256.0, o.min_lr, o.epochs, ipe, o.warmup_epochs)
     wd = cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, ipe)
     mom = cosine_schedule(o.momentum_teacher, 1.0, o.epochs, ipe)
+    ttemp = teacher_temp_schedule(o.warmup_teacher_temp, o.teacher_temp, o.warmup_teacher_temp_epochs, o.epochs, ipe)
 
     torch.manual_seed(cfg.seed)  # the same initial student and teacher on every worker
     task = CIONTask(cfg, ctx.all_reduce_sum, ctx.world_size)
@@ -188,8 +189,10 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
             generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 13 + ctx.rank))
         task.train()
         t0 = time.perf_counter()
-        loss_sum, steps = torch.zeros((), device=device), 0
+        steps = 0
+        terms_sum = torch.zeros(2, device=device)  # distillation loss, KoLeo
         entropy_sum = torch.zeros(2, device=device)
+        similarity_sum = torch.zeros((), device=device)
         for views_b in loader:
             views_b = [v.to(device, non_blocking=True) for v in views_b]
             for g_i, g in enumerate(opt.param_groups):
@@ -197,7 +200,7 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
                 if g_i == 0:
                     g["weight_decay"] = wd[it]
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss = task(views_b, k)
+                loss = task(views_b, k, float(ttemp[it]))
             if not math.isfinite(loss.item()):
                 raise CionError(f"loss is {loss.item()} at epoch {epoch}, iteration {it}: stopping")
             opt.zero_grad(set_to_none=True)
@@ -215,7 +218,8 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
             else:
                 opt.step()
             task.update_teacher(float(mom[it]))
-            loss_sum += loss.detach()
+            terms_sum += task.last_terms.to(device)
+            similarity_sum += task.last_similarity.to(device)
             entropy_sum += task.loss.last_entropy
             steps += 1
             it += 1
@@ -228,14 +232,16 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         t_sum = sum(p.detach().double().sum() for p in task.teacher.parameters()).to(device)
         w = ctx.world_size
         stats = ctx.all_reduce_sum(torch.cat([
-            torch.stack([loss_sum.double(), torch.tensor(float(steps), device=device, dtype=torch.float64), t_sum]),
-            entropy_sum.double()]))
+            torch.stack([terms_sum[0].double(), torch.tensor(float(steps), device=device, dtype=torch.float64), t_sum]),
+            entropy_sum.double(), terms_sum[1:].double(), similarity_sum.double().reshape(1)]))
         spread = float(ctx.all_reduce_sum(((t_sum - stats[2] / w) ** 2).reshape(1))[0] / w) ** 0.5
         mean_loss, entropy = float(stats[0] / stats[1]), float(stats[3] / stats[1])
         metrics = {"epoch": epoch + 1, "iteration": it, "loss": mean_loss, "k": k,
                    # loss = teacher_entropy + kl: the part the student cannot change, and the part it lowers
                    "teacher_entropy": entropy, "kl": mean_loss - entropy,
-                   "teacher_mean_entropy": float(stats[4] / stats[1]),
+                   "teacher_mean_entropy": float(stats[4] / stats[1]), "koleo": float(stats[5] / stats[1]),
+                   "feature_similarity": float(stats[6] / stats[1]),
+                   "teacher_temp": float(ttemp[it - 1]),
                    "lr": float(lr[it - 1]), "weight_decay": float(wd[it - 1]), "momentum": float(mom[it - 1]),
                    "images_per_s": steps * o.batch_per_worker * ctx.world_size / seconds,
                    "epoch_seconds": seconds, "identities": data.total_identities, "images": data.total_images,

@@ -19,6 +19,7 @@ drives the entropy of the batch-mean teacher distribution toward 0.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -67,6 +68,52 @@ def _loss_from_teacher_probs(student_out: torch.Tensor, q: torch.Tensor, k: int,
     return total / terms
 
 
+def sinkhorn_log_probs(teacher_out: torch.Tensor, teacher_temp: float = 0.04, n_iters: int = 3,
+                       all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                       world_size: int = 1) -> torch.Tensor:
+    """log q from Sinkhorn-Knopp centring (SwAV; DINOv2's alternative to the EMA centre).
+
+    teacher_out: (N, D) logits of this worker's rows. The matrix exp(teacher_out / temp) is scaled
+    alternately so that every dimension receives the same total mass over the whole batch (all
+    workers: the per-dimension sums go through all_reduce_sum) and every row sums to 1. With a
+    batch smaller than D a row must spread over at least D / N_total dimensions, so the targets
+    can neither collapse onto one dimension nor flatten to uniform unless the inputs are
+    identical. Returns (N, D) log-probabilities, rows summing to 1 (no gradient)."""
+    reduce = all_reduce_sum or _sum_identity
+    with torch.no_grad():
+        logits = teacher_out.float() / teacher_temp
+        # a per-row shift is undone by the row normalisation: it only keeps exp() in range
+        log_q = logits - logits.max(dim=1, keepdim=True).values
+        n_total = float(teacher_out.shape[0] * world_size)
+        d = teacher_out.shape[1]
+        for _ in range(n_iters):
+            # every dimension: total mass n_total / d over the whole batch. log_q <= 0 here (the
+            # max shift, then the row normalisation), so exp() cannot overflow on any worker
+            col = reduce(log_q.exp().sum(dim=0, keepdim=True))
+            log_q = log_q - col.clamp_min(1e-30).log() + math.log(n_total / d)
+            # every row: mass 1
+            log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
+        return log_q
+
+
+def koleo_loss(feats: torch.Tensor, k: int = 1, eps: float = 1e-8) -> torch.Tensor:
+    """Kozachenko-Leonenko entropy regulariser (Sablayrolles et al. 2019, as DINOv2 uses it):
+    -mean log distance of each L2-normalised row to its nearest neighbour in the batch.
+
+    feats: (B, F), B = P * K rows in the sampler's layout; rows of the same identity (the same
+    block of K) are not counted as neighbours, so identities are spread apart while the images of
+    one identity may still meet. Returns a scalar (float32)."""
+    x = F.normalize(feats.float(), dim=-1)
+    b = x.shape[0]
+    if b < 2 * k or b % k:
+        raise ValueError(f"KoLeo needs a P x K batch with P >= 2, got {b} rows with K = {k}")
+    sim = x @ x.t()
+    same = torch.arange(b, device=x.device) // k
+    sim = sim.masked_fill(same[:, None] == same[None, :], -2.0)
+    nn_idx = sim.argmax(dim=1)
+    return -torch.log((x - x[nn_idx]).norm(dim=1) + eps).mean()
+
+
 def _entropies(log_q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     q = log_q.exp()
     m = q.mean(0)
@@ -88,13 +135,19 @@ def _sum_identity(t: torch.Tensor) -> torch.Tensor:
 class IdentityDINOLoss(nn.Module):
     """The loss with its teacher centre (a buffer, saved in checkpoints).
 
+    centering: "center" (the EMA centre of the released recipe) or "sinkhorn" (Sinkhorn-Knopp
+    targets; the centre is still tracked, for a later switch and for the checkpoint format).
     all_reduce_sum: sums a tensor over the workers in place and returns it (identity on one
     worker); world_size: number of workers it sums over."""
 
     def __init__(self, out_dim: int, n_student_views: int, student_temp: float = 0.1, teacher_temp: float = 0.04,
                  center_momentum: float = 0.9, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = _sum_identity,
-                 world_size: int = 1):
+                 world_size: int = 1, centering: str = "center", sinkhorn_iters: int = 3):
         super().__init__()
+        if centering not in ("center", "sinkhorn"):
+            raise ValueError(f"centering must be center or sinkhorn, got {centering!r}")
+        self.centering = centering
+        self.sinkhorn_iters = sinkhorn_iters
         self.n_student_views = n_student_views
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
@@ -105,8 +158,14 @@ class IdentityDINOLoss(nn.Module):
         # of the last batch (detached): mean teacher row entropy, entropy of the batch-mean teacher
         self.last_entropy = torch.zeros(2)
 
-    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int) -> torch.Tensor:
-        log_q = teacher_log_probs(teacher_out, self.center, self.teacher_temp)  # once, for loss and entropies
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int,
+                teacher_temp: float | None = None) -> torch.Tensor:
+        """teacher_temp: this step's temperature (a warm-up schedule); default the constructor's."""
+        temp = self.teacher_temp if teacher_temp is None else teacher_temp
+        if self.centering == "sinkhorn":
+            log_q = sinkhorn_log_probs(teacher_out, temp, self.sinkhorn_iters, self.all_reduce_sum, self.world_size)
+        else:  # once, for the loss and the entropies
+            log_q = teacher_log_probs(teacher_out, self.center, temp)
         loss = _loss_from_teacher_probs(student_out, log_q.exp(), k, self.n_student_views, self.student_temp)
         with torch.no_grad():
             self.last_entropy = torch.stack(_entropies(log_q))

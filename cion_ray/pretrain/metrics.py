@@ -9,8 +9,8 @@ from pathlib import Path
 
 from cion_ray.io import fs
 
-SCALARS = ("loss", "teacher_entropy", "kl", "teacher_mean_entropy", "lr", "weight_decay", "momentum",
-           "images_per_s", "k")
+SCALARS = ("loss", "teacher_entropy", "kl", "teacher_mean_entropy", "koleo", "feature_similarity", "teacher_temp",
+           "lr", "weight_decay", "momentum", "images_per_s", "k")
 
 
 class EpochLog:

@@ -18,6 +18,15 @@ def cosine_schedule(base: float, final: float, epochs: int, iters_per_epoch: int
     return out
 
 
+def teacher_temp_schedule(start: float, final: float, warmup_epochs: int, epochs: int,
+                          iters_per_epoch: int) -> np.ndarray:
+    """DINO's teacher-temperature warm-up: linear from start to final over warmup_epochs, then
+    final; one value per iteration, shape (epochs * iters_per_epoch,)."""
+    n = epochs * iters_per_epoch
+    warm = min(warmup_epochs * iters_per_epoch, n)
+    return np.concatenate([np.linspace(start, final, warm), np.full(n - warm, final)])
+
+
 def k_start_epochs(k_schedule: list[tuple[float, int]], epochs: int) -> list[tuple[int, int]]:
     """(fraction of the run, K) steps -> (first epoch, K), scaled to `epochs`. The released
     schedule over 100 epochs starts K = 2, 4, 6, 8 at epochs 0, 40, 60, 80."""

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 
 from cion_ray.pretrain.config import PretrainConfig
 from cion_ray.pretrain.head import DINOHead, MultiCropWrapper
-from cion_ray.pretrain.loss import IdentityDINOLoss
+from cion_ray.pretrain.loss import IdentityDINOLoss, koleo_loss
 from cion_ray.zoo.factory import create_backbone, feature_dim
 from cion_ray.zoo.registry import REGISTRY
 
@@ -35,7 +35,7 @@ class CIONTask(nn.Module):
         m = cfg.model
 
         def wrapper(b):
-            head = DINOHead(self.feature_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim, m.norm_last_layer)
+            head = DINOHead(self.feature_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim, m.norm_last_layer, m.head_bn)
             return MultiCropWrapper(b, head)
 
         self.student = wrapper(backbone)
@@ -46,8 +46,14 @@ class CIONTask(nn.Module):
         o = cfg.optim
         kwargs = {} if all_reduce_sum is None else {"all_reduce_sum": all_reduce_sum}
         self.loss = IdentityDINOLoss(m.out_dim, n_views, o.student_temp, o.teacher_temp, o.center_momentum,
-                                     world_size=world_size, **kwargs)
+                                     world_size=world_size, centering=o.centering, sinkhorn_iters=o.sinkhorn_iters,
+                                     **kwargs)
         self._student_fwd: nn.Module = self.student
+        # of the last step (detached): the distillation loss and the KoLeo term (0 when off); the
+        # mean pairwise cosine of the teacher's backbone features over the batch (-> 1: the
+        # representation collapses to one point, whatever the head does)
+        self.last_terms = torch.zeros(2)
+        self.last_similarity = torch.zeros(())
 
     # -- distribution hooks -------------------------------------------------------------------
     def convert_sync_batchnorm(self) -> None:
@@ -67,13 +73,24 @@ class CIONTask(nn.Module):
         return [v if tuple(v.shape[-2:]) == size else
                 F.interpolate(v, size=size, mode="bilinear", align_corners=False) for v in views]
 
-    def forward(self, views: list[torch.Tensor], k: int) -> torch.Tensor:
-        """views: [global1, global2, local...], each (B, 3, H, W) with B = P * K rows -> loss."""
+    def forward(self, views: list[torch.Tensor], k: int, teacher_temp: float | None = None) -> torch.Tensor:
+        """views: [global1, global2, local...], each (B, 3, H, W) with B = P * K rows -> loss:
+        the identity-guided distillation loss, plus optim.koleo x the KoLeo term on the student's
+        backbone features of each global view. teacher_temp: this step's (warm-up schedule)."""
         views = self._views(views)
         with torch.no_grad():
-            teacher_out = self.teacher(views[:2])
-        student_out = self._student_fwd(views)
-        return self.loss(student_out, teacher_out, k)
+            teacher_out, teacher_feats = self.teacher(views[:2], return_features=True)
+            self.last_similarity = mean_pairwise_cosine(teacher_feats[:views[0].shape[0]])
+        w = self.cfg.optim.koleo
+        if w > 0:
+            student_out, feats = self._student_fwd(views, return_features=True)
+            b = views[0].shape[0]
+            koleo = (koleo_loss(feats[:b], k) + koleo_loss(feats[b:2 * b], k)) / 2
+        else:
+            student_out, koleo = self._student_fwd(views), torch.zeros((), device=teacher_out.device)
+        dino = self.loss(student_out, teacher_out, k, teacher_temp)
+        self.last_terms = torch.stack([dino.detach(), koleo.detach().float()])
+        return dino + w * koleo if w > 0 else dino
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -94,6 +111,16 @@ class CIONTask(nn.Module):
                 continue
             (no_decay if name.endswith(".bias") or p.ndim <= 1 else decay).append(p)
         return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def mean_pairwise_cosine(feats: torch.Tensor) -> torch.Tensor:
+    """feats: (B, F) -> the mean cosine similarity over the B (B - 1) ordered pairs of rows."""
+    x = F.normalize(feats.float(), dim=-1)
+    b = x.shape[0]
+    if b < 2:
+        return torch.ones((), device=x.device)
+    s = x.sum(0)
+    return ((s @ s) - b) / (b * (b - 1))
 
 
 def clip_gradients(model: nn.Module, clip: float) -> None:

@@ -3,7 +3,8 @@ views (128x64) of one person image, as normalised float tensors.
 
 Global: RandomResizedCrop scale (0.8, 1.0), ratio (0.4, 0.6); flip 0.5; colour jitter
 (0.4, 0.4, 0.2, 0.1) p 0.8; grayscale p 0.2; Gaussian blur p 1.0 (first) / 0.1 (second);
-solarize p 0.2 (second only). Local: scale (0.05, 0.8), blur p 0.5.
+solarize p 0.2 (second only). Local: scale (0.05, 0.8), blur p 0.5. Every probability and
+the jitter strengths are ViewsConfig fields (the defaults above).
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ class MultiCropViews:
         cfg = cfg or ViewsConfig()
         self.cfg = cfg
         colour = T.Compose([T.RandomHorizontalFlip(0.5),
-                            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
-                            T.RandomGrayscale(p=0.2)])
+                            T.RandomApply([T.ColorJitter(*cfg.colour_jitter)], p=cfg.colour_p),
+                            T.RandomGrayscale(p=cfg.grayscale_p)])
         norm = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
         bicubic = T.InterpolationMode.BICUBIC
 
@@ -53,10 +54,11 @@ class MultiCropViews:
             return T.RandomResizedCrop(tuple(size), scale=tuple(scale), ratio=tuple(cfg.ratio),
                                        interpolation=bicubic)
 
-        self.global1 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(1.0), norm])
-        self.global2 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(0.1),
-                                  RandomSolarize(0.2), norm])
-        self.local = T.Compose([crop(cfg.local_size, cfg.local_scale), colour, RandomBlur(0.5), norm])
+        b1, b2, bl = cfg.blur_p
+        self.global1 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(b1), norm])
+        self.global2 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(b2),
+                                  RandomSolarize(cfg.solarize_p), norm])
+        self.local = T.Compose([crop(cfg.local_size, cfg.local_scale), colour, RandomBlur(bl), norm])
 
     @property
     def n_views(self) -> int:
