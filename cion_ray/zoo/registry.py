@@ -1,5 +1,6 @@
 """The ReIDZoo registry: the 32 backbone names of the released CION model zoo (same keys, so
-checkpoints and commands carry over) and tiny variants for tests, each mapped to how it is built.
+checkpoints and commands carry over), extras for comparisons (`mobilenetv2`, the architecture of
+the ImageNet weights of zoo/imagenet.py) and tiny variants for tests, each mapped to how it is built.
 
 A name maps to either a timm model (created with pretrained=False, num_classes=0; ViT-style
 models with img_size=(256, 128)) or one of our ResNet(-IBN-a) builds (zoo/resnet.py).
@@ -20,6 +21,7 @@ class ZooEntry:
     large: bool = False  # slow to build and run on a CPU: kept out of the default test suite
     test: bool = False  # a tiny variant for tests, not a ReIDZoo model
     fixed_input: bool = False  # runs only at the size it was built for (local views are resized to it)
+    extra: bool = False  # not a ReIDZoo model: a backbone for comparisons (e.g. one with ImageNet weights)
 
 
 def _entries() -> list[ZooEntry]:
@@ -45,6 +47,8 @@ def _entries() -> list[ZooEntry]:
         e.append(ZooEntry(f"fastvit_{v}", "FastViT", f"fastvit_{v}", large=v == "sa24"))
     for d in ("d1", "d2", "d3"):
         e.append(ZooEntry(f"volo_{d}", "VOLO", f"volo_{d}_224", large=d != "d1", fixed_input=True))
+    # extras, outside the ReIDZoo: MobileNetV2 loads the ImageNet weights of zoo/imagenet.py
+    e.append(ZooEntry("mobilenetv2", "MobileNetV2", "mobilenetv2_100", extra=True))
     # tiny variants: the same code paths at a fraction of the cost
     e += [ZooEntry("test_vit", "ViT", "test_vit", test=True),
           ZooEntry("test_convnext", "ConvNeXt", "test_convnext", test=True),
@@ -54,7 +58,7 @@ def _entries() -> list[ZooEntry]:
 
 
 REGISTRY: dict[str, ZooEntry] = {x.name: x for x in _entries()}
-REIDZOO: list[str] = [n for n, x in REGISTRY.items() if not x.test]
+REIDZOO: list[str] = [n for n, x in REGISTRY.items() if not x.test and not x.extra]
 
 
 def zoo_names(include_test: bool = False) -> list[str]:
