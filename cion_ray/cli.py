@@ -288,6 +288,8 @@ def add_finetune_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--gpus-per-worker", type=float, help="GPUs per worker (default: 1 when the cluster has GPUs)")
     s.add_argument("--cpus-per-worker", type=float)
     s.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    s.add_argument("--parallel", action="store_true", help="protocol on Ray: all fractions at once, as the "
+                                                           "cluster has room")
     s.add_argument("--resume", action="store_true", help="continue the run in --out (finished fractions are kept)")
     s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
     s.add_argument("--config", help="YAML file with FinetuneConfig fields")
@@ -313,7 +315,8 @@ def finetune_config_from_args(args: argparse.Namespace):
               "loss.triplet_weight": 0 if args.id_only else None, "eval.every": args.eval_every, "seed": args.seed,
               "label": args.label, "scale.workers": args.workers, "scale.gpus_per_worker": args.gpus_per_worker,
               "scale.cpus_per_worker": args.cpus_per_worker,
-              "fractions": list(parse_fractions(args.fractions)) if args.fractions else None}
+              "fractions": list(parse_fractions(args.fractions)) if args.fractions else None,
+              "parallel": True if args.parallel else None}
     cfg = load_config(FinetuneConfig, args.config, args.set, values=values)
     if not cfg.model.weights and not args.random_init:
         raise CionError("choose the initialisation: --weights CKPT (a checkpoint or run folder) or --random-init")
@@ -343,7 +346,8 @@ def _finetune(args: argparse.Namespace) -> int:
         before = f" (before: mAP {m['eval_mAP_init']:.4f}, rank-1 {m['eval_rank1_init']:.4f})" \
             if "eval_mAP_init" in m else ""
         print(f"  retrieval:  mAP {m['eval_mAP']:.4f}  rank-1 {m['eval_rank1']:.4f}  mINP {m['eval_mINP']:.4f}{before}")
-    print(f"  exports:    {r.exports['model.pth']} (with BNNeck), {r.exports['backbone.pth']} (state dict)")
+    print(f"  exports:    {r.exports['model.pth']} (backbone, neck, classifier), {r.exports['backbone.pth']} "
+          "(backbone state dict)")
     print(f"  metrics:    {r.out}/metrics.json, {r.out}/result.json")
     return 0
 

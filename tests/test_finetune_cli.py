@@ -10,7 +10,7 @@ import torch
 
 from cion_ray.cli import main
 
-TINY = ["--arch", "test_resnet", "--size", "32,16", "--pk", "4,2", "--set", "scale.loader_workers=0",
+TINY = ["--arch", "test_resnet", "--size", "32,16", "--pk", "4,2", "--set", "scale.loader_workers=0", "--set", "threads=1",
         "--set", "eval.flip=false", "--set", "log_every=2"]
 
 

@@ -33,3 +33,20 @@ def test_two_workers_finetune_and_export(ray_session, default_world, tmp_path):
     model = load_finetuned(r.exports["model.pth"])
     assert model.classifier.out_features == 16
     assert model(torch.zeros(2, 3, 32, 16)).shape == (2, model.feat_dim)
+
+
+def test_protocol_fractions_in_parallel(ray_session, default_world, tmp_path):
+    """Two fractions at once, each a 1-worker TorchTrainer driven by its own task, on 2 CPUs."""
+    from cion_ray.runtime.finetune import run_protocol
+
+    out = tmp_path / "proto"
+    cfg = load_config(FinetuneConfig, None, [
+        f"data={default_world / 'reid'}", f"out={out}", "model.arch=test_resnet", "augment.size=32,16",
+        "optim.steps=2", "optim.identities_per_batch=4", "optim.images_per_identity=2", "log_every=2",
+        "scale.loader_workers=0", "eval.flip=false", "fractions=0.5,1", "parallel=true", "label=par"])
+    p = run_protocol(cfg, log=lambda m: None)
+    assert [(r["fraction"], r["identities"], r["steps"]) for r in p.rows] == [(0.5, 8, 2), (1.0, 16, 2)]
+    assert all(0 < r["mAP"] <= 1 and 0 < r["mAP_init"] <= 1 for r in p.rows)
+    assert (out / "protocol.png").exists() and (out / "fraction-50pc" / "export" / "model.pth").exists()
+    spans = [json.loads((out / d / "result.json").read_text()) for d in ("fraction-50pc", "fraction-100pc")]
+    assert max(s["started"] for s in spans) < min(s["finished"] for s in spans), "the two runs overlapped"

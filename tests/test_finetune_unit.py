@@ -129,6 +129,19 @@ def test_bnneck_shapes_frozen_bias_and_retrieval_feature():
         assert torch.allclose(model(x), f)
 
 
+def test_plain_classifier_without_neck():
+    from cion_ray.finetune.model import build_reid_model
+
+    model = build_reid_model("test_resnet", 5, (32, 16), neck="none", log=lambda m: None)
+    x = torch.randn(4, 3, 32, 16)
+    feat, logits = model.train()(x)
+    assert logits.shape == (4, 5) and model.classifier.bias is not None
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(x), model.backbone(x))
+    with pytest.raises(ConfigError, match="model.neck"):
+        load_config(FinetuneConfig, None, ["model.neck=mlp"])
+
+
 def test_same_seed_same_model_and_weights_from_a_checkpoint(tmp_path):
     from cion_ray.finetune.model import build_reid_model
     from cion_ray.zoo.factory import create_backbone

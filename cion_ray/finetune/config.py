@@ -21,10 +21,13 @@ class FTModelConfig:
     arch: str = "resnet50_ibn"
     # a checkpoint (path or s3:// URI, any layout zoo.checkpoints accepts); "" = random initialisation
     weights: str = ""
+    neck: str = "bnneck"  # bnneck (BoT) | none: a plain linear classifier on the backbone feature
     neck_feat: str = "after"  # the retrieval feature: after the BNNeck (BoT) or before it
     sync_bn: bool = True  # CNNs on GPU with several workers
 
     def __post_init__(self):
+        if self.neck not in ("bnneck", "none"):
+            raise ConfigError(f"model.neck must be 'bnneck' or 'none', got {self.neck!r}")
         if self.neck_feat not in ("after", "before"):
             raise ConfigError(f"model.neck_feat must be 'after' or 'before', got {self.neck_feat!r}")
 
@@ -126,9 +129,11 @@ class FinetuneConfig:
     out: str = ""  # run folder or s3:// prefix
     data_fraction: float = 1.0  # seeded fraction of the training identities (nested across fractions)
     fractions: tuple[float, ...] = ()  # the data-efficiency protocol: one run per fraction
+    parallel: bool = False  # protocol on Ray: start every fraction's trainer at once (they queue for resources)
     label: str = ""  # this run's name in protocol tables and plots (default: arch + init)
     seed: int = 0
     log_every: int = 50  # iterations between log lines and metrics.json entries
+    threads: int = 0  # torch CPU threads (0: torch's default in this process, scale.cpus_per_worker on Ray)
     checkpoint_every: int = 0  # iterations between checkpoints (0 = at the end only)
     model: FTModelConfig = field(default_factory=FTModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -154,7 +159,7 @@ class FinetuneConfig:
     def fingerprint(self) -> str:
         """What a resumed run must share with the one it continues."""
         d = asdict(self)
-        for k in ("out", "log_every", "label"):
+        for k in ("out", "log_every", "label", "parallel", "threads"):
             d.pop(k)
         d["eval"] = {}
         d["scale"] = {"workers": self.scale.workers}

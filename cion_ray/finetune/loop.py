@@ -92,7 +92,7 @@ def train(cfg: FinetuneConfig, ctx: TrainContext, log: Callable[[str], None] = p
         + f"; {total} iterations ({total / ipe:.1f} epochs of {ipe}), {total * p * k * world} images seen")
 
     model = build_reid_model(cfg.model.arch, full.num_classes, cfg.augment.size, cfg.model.weights, cfg.seed,
-                             cfg.model.neck_feat, log=say)
+                             cfg.model.neck_feat, cfg.model.neck, log=say)
     if device.type == "cuda" and world > 1 and cfg.model.sync_bn:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -185,6 +185,14 @@ def train(cfg: FinetuneConfig, ctx: TrainContext, log: Callable[[str], None] = p
 def finetune(cfg: FinetuneConfig, device: str | None = None, log: Callable[[str], None] = print,
              ckpt_dir: str | None = None, on_log: Callable[[dict], None] | None = None) -> FinetuneOutcome:
     """Fine-tune in this process (no Ray): the loop with a LocalContext on `device` (default: CUDA
-    when present, else CPU). With `ckpt_dir`, checkpoints go there and a run found there resumes."""
+    when present, else CPU; cfg.threads > 0 sets torch's CPU threads, which matters on a shared
+    machine: 2 threads beside another busy process ran 7x slower than 1 here; restored after).
+    With `ckpt_dir`, checkpoints go there and a run found there resumes."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return train(cfg, LocalContext(ckpt_dir, device), log, on_log)
+    before = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return train(cfg, LocalContext(ckpt_dir, device), log, on_log)
+    finally:
+        torch.set_num_threads(before)

@@ -2,7 +2,7 @@
 
 - checkpoints (`checkpoint_state`): model, optimizer, iteration and the retrieval metrics of the
   initialisation, by name; a resumed run restores all of them;
-- `export/model.pth`: {"format", "arch", "size", "neck_feat", "num_classes", "model": the whole
+- `export/model.pth`: {"format", "arch", "size", "neck", "neck_feat", "num_classes", "model": the whole
   ReID model's state dict (backbone.*, neck.*, classifier.*)}: `load_finetuned` rebuilds the model
   with its BNNeck, and zoo.checkpoints.load_backbone_state reads the backbone out of it;
 - `export/backbone.pth`: the backbone's plain state dict (strict-loadable into
@@ -32,7 +32,7 @@ def checkpoint_state(cfg, model: torch.nn.Module, opt: torch.optim.Optimizer, it
     from dataclasses import asdict
 
     return {"format": FORMAT, "arch": cfg.model.arch, "size": list(cfg.augment.size),
-            "neck_feat": cfg.model.neck_feat, "num_classes": int(model.classifier.out_features),
+            "neck": cfg.model.neck, "neck_feat": cfg.model.neck_feat, "num_classes": int(model.classifier.out_features),
             "iteration": iteration, "model": _cpu(model.state_dict()), "optimizer": opt.state_dict(),
             "eval_init": dict(eval_init), "metrics": dict(metrics or {}), "config": asdict(cfg),
             "fingerprint": cfg.fingerprint()}
@@ -41,7 +41,7 @@ def checkpoint_state(cfg, model: torch.nn.Module, opt: torch.optim.Optimizer, it
 def model_export(state: dict) -> dict:
     if state.get("format") != FORMAT:
         raise CionError("not a cion-ray fine-tuning checkpoint")
-    return {"format": MODEL_FORMAT, **{k: state[k] for k in ("arch", "size", "neck_feat", "num_classes")},
+    return {"format": MODEL_FORMAT, **{k: state[k] for k in ("arch", "size", "neck", "neck_feat", "num_classes")},
             "model": state["model"]}
 
 
@@ -79,7 +79,7 @@ def load_finetuned(uri: str):
         raise CionError(f"{uri}: not a cion-ray fine-tuned model export (export/model.pth)")
     size = tuple(obj["size"])
     backbone = create_backbone(obj["arch"], size)
-    model = ReIDModel(backbone, feature_dim(backbone, size), int(obj["num_classes"]), obj["neck_feat"])
+    model = ReIDModel(backbone, feature_dim(backbone, size), int(obj["num_classes"]), obj["neck_feat"], obj["neck"])
     model.load_state_dict(obj["model"])
     return model.eval()
 

@@ -8,7 +8,9 @@ Layout of `cfg.out` (a folder or s3:// prefix) for one run:
     metrics.json    one entry per logged iteration
     export/         model.pth (backbone + BNNeck + classifier), backbone.pth (plain state dict)
     result.json     final metrics (retrieval before and after fine-tuning), exports, seconds
-For the protocol: one such folder per fraction (fraction-10pc/, ...) and protocol.csv / .md / .png.
+For the protocol: one such folder per fraction (fraction-10pc/, ...) and protocol.csv / .md / .png;
+the fractions run one after the other, or with `parallel` as concurrent Ray tasks each driving its
+own TorchTrainer (they start as the cluster has room for their workers).
 """
 from __future__ import annotations
 
@@ -105,7 +107,7 @@ def _fit_on_ray(cfg: FinetuneConfig, address: str | None, log) -> dict:
     gpus, per = _resources(cfg)
     storage_path, storage_fs = _storage(cfg.out)
     trainer = TorchTrainer(
-        _worker_loop, train_loop_config={"cfg": asdict(cfg), "threads": cfg.scale.cpus_per_worker},
+        _worker_loop, train_loop_config={"cfg": asdict(cfg), "threads": cfg.threads or cfg.scale.cpus_per_worker},
         scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=gpus > 0, resources_per_worker=per),
         run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
@@ -145,7 +147,7 @@ def _single(cfg: FinetuneConfig, address: str | None, local: bool, resume: bool,
         r = fs.read_json(result_json)
         log(f"{cfg.out}: finished already (mAP {r['metrics'].get('eval_mAP', float('nan')):.4f}); reused")
         return FinetuneResult(cfg.out, r["metrics"], r["exports"], r["seconds"], reused=True)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     state = _fit_locally(cfg, log) if local else _fit_on_ray(cfg, address, log)
     exports = write_exports(state, fs.join(cfg.out, "export"))
     metrics = {**(carried or {}), **(state.get("metrics") or {})}
@@ -153,7 +155,8 @@ def _single(cfg: FinetuneConfig, address: str | None, local: bool, resume: bool,
     fs.write_json(result_json, {"label": cfg.run_label, "arch": cfg.model.arch, "weights": cfg.model.weights,
                                 "data": cfg.data, "eval_data": cfg.eval.data or cfg.data,
                                 "data_fraction": cfg.data_fraction, "workers": 0 if local else cfg.scale.workers,
-                                "metrics": metrics, "exports": exports, "seconds": seconds})
+                                "metrics": metrics, "exports": exports, "seconds": seconds,
+                                "started": started, "finished": time.time()})
     return FinetuneResult(cfg.out, metrics, exports, seconds)
 
 
@@ -169,26 +172,45 @@ def run_finetune(cfg: FinetuneConfig, address: str | None = None, local: bool = 
 def run_protocol(cfg: FinetuneConfig, address: str | None = None, local: bool = False, resume: bool = False,
                  compare: list[str] | None = None, log=print) -> ProtocolResult:
     """The data-efficiency protocol over cfg.fractions: one run per fraction under
-    out/fraction-<p>pc/, then the table and plot (with the rows of the `compare` runs' tables)."""
+    out/fraction-<p>pc/ (one after the other, or with cfg.parallel all at once on Ray), then the
+    table and plot (with the rows of the `compare` runs' tables)."""
     from cion_ray.finetune.protocol import fraction_name, protocol_row, read_table, write_protocol
 
     if not cfg.fractions:
         raise CionError("the data-efficiency protocol needs fractions (--fractions 0.1,0.25,0.5,1)")
+    if not cfg.eval.enabled:
+        raise CionError("the data-efficiency protocol compares held-out retrieval: it needs eval.enabled")
     cfg = prepare(cfg)
     others = []
     for c in compare or []:
         rows = read_table(c)
         others += [{**r, "label": f"{r['label']} [{c}]" if r["label"] == cfg.run_label else r["label"]} for r in rows]
-    rows, runs, init = [], [], {}
-    for f in sorted(cfg.fractions):
-        # the initialisation is the same for every fraction (same weights, same seed): measured once
-        sub = replace(cfg, fractions=(), data_fraction=f, out=fs.join(cfg.out, fraction_name(f)),
-                      eval=replace(cfg.eval, initial=cfg.eval.initial and not init))
-        log(f"data-efficiency protocol: fraction {f:g} -> {sub.out}")
-        r = _single(sub, address, local, resume, log, carried=init)
-        init = init or {k: v for k, v in r.metrics.items() if k.endswith("_init")}
-        runs.append(r)
-        rows.append(protocol_row(cfg.run_label, f, r.metrics))
-        files = write_protocol(rows, cfg.out, others, title=f"data efficiency: {cfg.run_label} on {cfg.data}")
-        log(f"  fraction {f:g}: mAP {rows[-1]['mAP']}  rank-1 {rows[-1]['rank1']}  ({r.metrics.get('identities')} ids)")
+    subs = [replace(cfg, fractions=(), data_fraction=f, out=fs.join(cfg.out, fraction_name(f)))
+            for f in sorted(cfg.fractions)]
+
+    def table(results: list[FinetuneResult]) -> tuple[list[dict], dict]:
+        rows = [protocol_row(cfg.run_label, s.data_fraction, r.metrics) for s, r in zip(subs, results)]
+        return rows, write_protocol(rows, cfg.out, others, title=f"data efficiency: {cfg.run_label} on {cfg.data}")
+
+    if cfg.parallel and not local:
+        import ray
+
+        from cion_ray.runtime.session import ensure_ray
+
+        ensure_ray(address)
+        log(f"data-efficiency protocol: {len(subs)} fractions at once (their trainers queue for the cluster)")
+        fit = ray.remote(num_cpus=0)(_single)  # a task that drives one fraction's TorchTrainer
+        runs = ray.get([fit.remote(s, address, False, resume, print) for s in subs])
+    else:
+        runs, init = [], {}
+        for s in subs:
+            # the initialisation is the same for every fraction (same weights, same seed): measured once
+            s = replace(s, eval=replace(s.eval, initial=s.eval.initial and not init))
+            log(f"data-efficiency protocol: fraction {s.data_fraction:g} -> {s.out}")
+            runs.append(_single(s, address, local, resume, log, carried=init))
+            init = init or {k: v for k, v in runs[-1].metrics.items() if k.endswith("_init")}
+            rows, _ = table(runs)
+            log(f"  fraction {s.data_fraction:g}: mAP {rows[-1]['mAP']:.4f}  rank-1 {rows[-1]['rank1']:.4f}  "
+                f"({rows[-1]['identities']} identities)")
+    rows, files = table(runs)
     return ProtocolResult(cfg.out, rows, runs, files)
