@@ -149,7 +149,10 @@ def add_pretrain_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--batch", type=int, help="images per worker and step (P x K)")
     s.add_argument("--data-fraction", type=float, help="train on this seeded fraction of the identities")
     s.add_argument("--seed", type=int)
-    s.add_argument("--labels", choices=["identity", "tracklet"], help="tracklet: the tracklet-level baseline")
+    s.add_argument("--labels", choices=["identity", "tracklet", "gt"],
+                   help="tracklet: the tracklet-level baseline; gt: ground-truth identities (with --gt)")
+    s.add_argument("--gt", help="with --labels gt: the synthetic world (or a MOT folder with <video>/gt.txt)")
+    s.add_argument("--init", help="backbone checkpoint to start from (e.g. ImageNet weights); default random")
     s.add_argument("--k-schedule", help='gradual K as "fraction:K,..." (default 0:2,0.4:4,0.6:6,0.8:8; '
                                         '"0:1" = instance-level DINO)')
     s.add_argument("--out", required=True, help="run folder or s3:// prefix")
@@ -170,7 +173,7 @@ def pretrain_config_from_args(args: argparse.Namespace):
               "scale.workers": args.workers, "scale.gpus_per_worker": args.gpus_per_worker,
               "scale.cpus_per_worker": args.cpus_per_worker, "optim.batch_per_worker": args.batch,
               "data_fraction": args.data_fraction, "seed": args.seed, "labels": args.labels,
-              "optim.k_schedule": args.k_schedule, "eval_data": args.eval_data}
+              "optim.k_schedule": args.k_schedule, "eval_data": args.eval_data, "gt": args.gt, "init": args.init}
     return load_config(PretrainConfig, args.config, args.set, values=values)
 
 

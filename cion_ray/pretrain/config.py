@@ -37,6 +37,9 @@ class ViewsConfig:
     colour_p: float = 0.8
     grayscale_p: float = 0.2
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    # Gaussian blur radius range in pixels at the released view heights (global 256, local 128);
+    # at other sizes it scales with the view height (pretrain/views.py: blur_radius)
+    blur_radius: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.2
 
     def __post_init__(self):
@@ -45,8 +48,8 @@ class ViewsConfig:
         for name in ("global_size", "local_size", "global_scale", "local_scale", "ratio"):
             if len(getattr(self, name)) != 2:
                 raise ConfigError(f"views.{name} needs two values")
-        if len(self.colour_jitter) != 4 or len(self.blur_p) != 3:
-            raise ConfigError("views.colour_jitter needs 4 values and views.blur_p 3")
+        if len(self.colour_jitter) != 4 or len(self.blur_p) != 3 or len(self.blur_radius) != 2:
+            raise ConfigError("views.colour_jitter needs 4 values, views.blur_p 3 and views.blur_radius 2")
         probs = (self.colour_p, self.grayscale_p, self.solarize_p, *self.blur_p)
         if any(not 0 <= x <= 1 for x in probs):
             raise ConfigError(f"views: probabilities must lie in [0, 1], got {probs}")

@@ -102,7 +102,7 @@ class WorkerData:
     """This worker's shard of the training images, loaded once."""
 
     def __init__(self, cfg: PretrainConfig, rank: int, world_size: int, log: Callable[[str], None] = print):
-        table = load_labels(cfg.data, cfg.labels, cfg.crops)
+        table = load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt)
         kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
         table = table.subset(np.isin(table.identity, kept))
         self.total_images = len(table.keys)
@@ -142,6 +142,10 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
 
     torch.manual_seed(cfg.seed)  # the same initial student and teacher on every worker
     task = CIONTask(cfg, ctx.all_reduce_sum, ctx.world_size)
+    if cfg.init:
+        init_backbones(task, cfg.init, cfg.model.arch)
+        if ctx.rank == 0:
+            log(f"backbone initialised from {cfg.init}")
     device = ctx.device
     if device.type == "cuda" and ctx.world_size > 1 and cfg.model.sync_bn and has_batchnorm(task.student):
         task.convert_sync_batchnorm()
@@ -262,6 +266,18 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
                 on_epoch(metrics)
         ctx.report(metrics, ckpt)
     return metrics
+
+
+def init_backbones(task: CIONTask, weights: str, arch: str) -> None:
+    """Student and teacher backbones from a checkpoint (any layout cion_ray.zoo.checkpoints reads),
+    strictly: a missing or unexpected key is an error naming the file. The heads stay random."""
+    from cion_ray.zoo.checkpoints import load_state_strict, read_checkpoint
+
+    state, info = read_checkpoint(weights)
+    if info.arch and info.arch != arch:
+        raise CionError(f"init weights {info.file} hold a {info.arch} backbone, not {arch}")
+    load_state_strict(task.student.backbone, state, info.file, arch)
+    task.teacher.backbone.load_state_dict(task.student.backbone.state_dict())
 
 
 def evaluate_teacher(cfg: PretrainConfig, task: CIONTask, device: torch.device, log: Callable[[str], None]) -> dict:

@@ -3,8 +3,9 @@ views (128x64) of one person image, as normalised float tensors.
 
 Global: RandomResizedCrop scale (0.8, 1.0), ratio (0.4, 0.6); flip 0.5; colour jitter
 (0.4, 0.4, 0.2, 0.1) p 0.8; grayscale p 0.2; Gaussian blur p 1.0 (first) / 0.1 (second);
-solarize p 0.2 (second only). Local: scale (0.05, 0.8), blur p 0.5. Every probability and
-the jitter strengths are ViewsConfig fields (the defaults above).
+solarize p 0.2 (second only). Local: scale (0.05, 0.8), blur p 0.5. Blur radii 0.1 to 2.0
+pixels at those sizes, scaled with the view height at other sizes. Every probability and the
+jitter strengths are ViewsConfig fields (the defaults above).
 """
 from __future__ import annotations
 
@@ -16,16 +17,31 @@ from cion_ray.io.images import MEAN, STD, decode_jpeg  # noqa: F401 (decode_jpeg
 from cion_ray.pretrain.config import ViewsConfig
 
 
-class RandomBlur:
-    """PIL Gaussian blur with a radius drawn from [0.1, 2.0], applied with probability p."""
+# the view heights the released blur radii (0.1 to 2.0 pixels) were chosen for
+RELEASED_HEIGHT = {"global": 256, "local": 128}
 
-    def __init__(self, p: float):
+
+class RandomBlur:
+    """PIL Gaussian blur with a radius drawn from radius (pixels), applied with probability p."""
+
+    def __init__(self, p: float, radius: tuple[float, float] = (0.1, 2.0)):
         self.p = p
+        self.radius = radius
 
     def __call__(self, img: Image.Image) -> Image.Image:
         if random.random() >= self.p:
             return img
-        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(0.1, 2.0)))
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.radius)))
+
+
+def blur_radius(cfg: ViewsConfig, kind: str) -> tuple[float, float]:
+    """The blur radius range for global or local views: cfg.blur_radius is in pixels at the
+    released view heights (global 256, local 128) and shrinks with the view, so that a 64x32 view
+    is blurred as much, relative to its size, as a 256x128 one (a fixed 2-pixel radius would
+    wash out a 32-pixel-wide person)."""
+    height = (cfg.global_size if kind == "global" else cfg.local_size)[0]
+    f = height / RELEASED_HEIGHT[kind]
+    return (cfg.blur_radius[0] * f, cfg.blur_radius[1] * f)
 
 
 class RandomSolarize:
@@ -55,10 +71,11 @@ class MultiCropViews:
                                        interpolation=bicubic)
 
         b1, b2, bl = cfg.blur_p
-        self.global1 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(b1), norm])
-        self.global2 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(b2),
+        rg, rl = blur_radius(cfg, "global"), blur_radius(cfg, "local")
+        self.global1 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(b1, rg), norm])
+        self.global2 = T.Compose([crop(cfg.global_size, cfg.global_scale), colour, RandomBlur(b2, rg),
                                   RandomSolarize(cfg.solarize_p), norm])
-        self.local = T.Compose([crop(cfg.local_size, cfg.local_scale), colour, RandomBlur(bl), norm])
+        self.local = T.Compose([crop(cfg.local_size, cfg.local_scale), colour, RandomBlur(bl, rl), norm])
 
     @property
     def n_views(self) -> int:

@@ -133,13 +133,17 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     if not cfg.out:
         raise CionError("pre-training needs an output (--out)")
     cfg = replace(cfg, data=absolute(cfg.data), out=absolute(cfg.out), crops=absolute(cfg.crops),
-                  eval_data=absolute(cfg.eval_data))
+                  eval_data=absolute(cfg.eval_data), gt=absolute(cfg.gt), init=absolute(cfg.init))
+    if cfg.init:
+        from cion_ray.zoo.checkpoints import read_checkpoint
+
+        read_checkpoint(cfg.init)  # a missing or unreadable init fails here, naming the file
     if cfg.eval_data:
         from cion_ray.evaluate.reid import read_market_split
 
         read_market_split(cfg.eval_data)  # a missing or malformed split fails here, not after an epoch
     check_backbone(cfg.model.arch)  # unknown names fail here, not on a worker
-    table = load_labels(cfg.data, cfg.labels, cfg.crops)  # bad data fails here too, with its name
+    table = load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt)  # bad data fails here too, with its name
     if table.crops and not cfg.crops:  # pin the crops a curated output points to, for the workers
         cfg = replace(cfg, crops=absolute(table.crops))
     kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
