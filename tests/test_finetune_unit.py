@@ -229,6 +229,20 @@ def test_nested_fractions_of_identities(market_folder):
     assert load_train_set(str(market_folder / "bounding_box_train")).files == sets[1.0].files
 
 
+def test_a_curated_output_trains_on_its_market_export(market_folder, tmp_path):
+    import shutil
+
+    from cion_ray.finetune.data import load_train_set
+
+    export = tmp_path / "curated" / "market" / "bounding_box_train"
+    shutil.copytree(market_folder / "bounding_box_train", export)
+    (tmp_path / "curated" / "cion_al.json").write_text("[]")  # other exports beside it are not read
+    s = load_train_set(str(tmp_path / "curated"))
+    assert s.source == str(export) and s.num_classes == 20 and len(s.files) == 60
+    with pytest.raises(CionError, match="not found"):
+        load_train_set(str(tmp_path / "nowhere"))
+
+
 def test_step_batches_are_p_by_k_and_resume_where_they_stopped():
     from cion_ray.finetune.data import StepBatches
     from cion_ray.pretrain.sampler import IdentitySampler
