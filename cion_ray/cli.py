@@ -149,8 +149,9 @@ def add_pretrain_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--batch", type=int, help="images per worker and step (P x K)")
     s.add_argument("--data-fraction", type=float, help="train on this seeded fraction of the identities")
     s.add_argument("--seed", type=int)
-    s.add_argument("--labels", choices=["identity", "tracklet", "gt"],
-                   help="tracklet: the tracklet-level baseline; gt: ground-truth identities (with --gt)")
+    s.add_argument("--labels", choices=["identity", "tracklet", "instance", "gt"],
+                   help="tracklet / instance: the tracklet- and instance-level baselines (use instance with "
+                        "--k-schedule 0:1); gt: ground-truth identities (with --gt)")
     s.add_argument("--gt", help="with --labels gt: the synthetic world (or a MOT folder with <video>/gt.txt)")
     s.add_argument("--init", help="backbone checkpoint to start from (e.g. ImageNet weights); default random")
     s.add_argument("--k-schedule", help='gradual K as "fraction:K,..." (default 0:2,0.4:4,0.6:6,0.8:8; '
@@ -354,6 +355,51 @@ def _finetune(args: argparse.Namespace) -> int:
     print(f"  metrics:    {r.out}/metrics.json, {r.out}/result.json")
     return 0
 
+
+def add_compare_args(s: argparse.ArgumentParser) -> None:
+    from cion_ray.compare.config import ARMS, DEFAULT_ARMS
+
+    s.add_argument("--data", required=True, help="curated output (cion-ray curate) to pre-train on")
+    s.add_argument("--eval-data", required=True, help="held-out split: any dataset cion-ray evaluate reads")
+    s.add_argument("--out", required=True, help="output folder (local or shared by every node)")
+    s.add_argument("--gt", help="synthetic world (or MOT folder) of the curated videos, for the gt arm")
+    s.add_argument("--imagenet", help="ImageNet weights for the imagenet arms (make imagenet-weights)")
+    s.add_argument("--arms", help=f"comma-separated, from {', '.join(ARMS)} (default {','.join(DEFAULT_ARMS)}, "
+                                    "with gt and the imagenet arms when --gt and --imagenet are given)")
+    s.add_argument("--seeds", help="comma-separated seeds; each arm runs once per seed (default 0)")
+    s.add_argument("--profile", help="pre-training config every distillation arm starts from "
+                                     "(default configs/small.yaml)")
+    s.add_argument("--finetune-steps", type=int, help="also fine-tune each backbone for N steps on the "
+                                                      "held-out split's training people (default 0: off)")
+    s.add_argument("--parallel", type=int, help="arms at once (default: the cluster's CPUs)")
+    s.add_argument("--gpus-per-arm", type=float, help="GPUs per arm (default 0)")
+    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the pre-training profile, e.g. --set model.arch=resnet18_ibn")
+
+
+def compare_config_from_args(args: argparse.Namespace):
+    from cion_ray.compare.config import CompareConfig
+    from cion_ray.config import load_config
+
+    values = {"data": args.data, "eval_data": args.eval_data, "out": args.out, "gt": args.gt,
+              "imagenet": args.imagenet, "arms": args.arms, "seeds": args.seeds, "profile": args.profile,
+              "finetune_steps": args.finetune_steps, "parallel": args.parallel,
+              "gpus_per_arm": args.gpus_per_arm, "overrides": args.set or None}
+    return load_config(CompareConfig, None, None, values=values)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cion_ray.compare.report import table_markdown
+    from cion_ray.runtime.compare import run_compare
+
+    r = run_compare(compare_config_from_args(args), address=args.address)
+    print(table_markdown(r["rows"]), end="")
+    print(f"  table: {args.out}/compare.md (.csv, .json)   chart: {args.out}/compare.png   "
+          f"curves: {args.out}/curves.png")
+    return 0
+
+
 def _zoo(args: argparse.Namespace) -> int:
     from cion_ray.zoo.factory import count_parameters, create_backbone, feature_dim
     from cion_ray.zoo.registry import REGISTRY
@@ -409,6 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
                                         "data-efficiency protocol")
     add_finetune_args(f)
     f.set_defaults(func=_finetune)
+
+    m = sub.add_parser("compare", help="pre-training data sources compared on held-out people (instances, "
+                                       "tracklets, curated identities, ground truth, random, ID loss)")
+    add_compare_args(m)
+    m.set_defaults(func=_compare)
 
     z = sub.add_parser("zoo", help="the ReIDZoo backbones")
     zs = z.add_subparsers(dest="zoo_command", required=True, metavar="ACTION")

@@ -140,8 +140,9 @@ class PretrainConfig:
     data: str = ""  # curated output (identities Parquet), track output (tracklet labels), or a CION-AL JSON
     out: str = ""  # run folder or s3:// prefix: Ray Train storage, checkpoints, TensorBoard, exports
     crops: str = ""  # tracking output holding a curated output's images (default: as recorded by curate)
-    # identity (curated), tracklet (the tracklet-level baseline) or gt (the ground-truth identities
-    # of a synthetic world or MOT gt.txt, matched to the crops: the upper bound; needs gt)
+    # identity (curated), tracklet (the tracklet-level baseline), instance (every image its own
+    # identity: the instance-level baseline) or gt (the ground-truth identities of a synthetic world
+    # or MOT gt.txt, matched to the crops: the upper bound; needs gt)
     labels: str = "identity"
     gt: str = ""  # labels=gt: the synthetic world folder (or a MOT folder with <video>/gt.txt)
     # backbone initialisation: "" (random, seeded) or a checkpoint (path or s3://) in any layout
@@ -162,8 +163,8 @@ class PretrainConfig:
     def __post_init__(self):
         if not 0 < self.data_fraction <= 1:
             raise ConfigError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
-        if self.labels not in ("identity", "tracklet", "gt"):
-            raise ConfigError(f"labels must be 'identity', 'tracklet' or 'gt', got {self.labels!r}")
+        if self.labels not in ("identity", "tracklet", "instance", "gt"):
+            raise ConfigError(f"labels must be identity, tracklet, instance or gt, got {self.labels!r}")
         if (self.labels == "gt") != bool(self.gt):
             raise ConfigError("labels=gt needs gt (a synthetic world or MOT folder), and gt needs labels=gt")
         if self.checkpoint_every < 1:

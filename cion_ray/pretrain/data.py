@@ -5,7 +5,8 @@
   the tracklet-level baseline;
 - a CION-AL JSON ([{"file_path", "id"}], paths relative to the JSON's folder), the released format.
 
-`labels="tracklet"` on a curated output uses its (video, tracklet) pairs as identities instead.
+`labels="tracklet"` on a curated output uses its (video, tracklet) pairs as identities instead;
+`labels="instance"` makes every image its own identity (the instance-level DINO baseline).
 `labels="gt"` (with `gt`: a synthetic world or a MOT folder) labels the crops of a curated or a
 tracking output with the ground-truth person each one shows, the upper bound (see gt_labels).
 A seeded fraction of the identities is kept (the same subset for the same seed, and a smaller
@@ -14,7 +15,7 @@ fraction is a subset of a larger one); each worker then loads only the images of
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -74,8 +75,20 @@ def absolute(uri: str) -> str:
 
 def load_labels(data: str, labels: str = "identity", crops: str = "", gt: str = "") -> LabelTable:
     """Read the (image, identity) table of a data source (see the module doc). `labels`: identity,
-    tracklet or gt; `crops`: the tracking output of a curated one (default: as curate recorded it);
-    `gt`: with labels="gt", the synthetic world or MOT folder whose <video>/gt.txt labels the crops."""
+    tracklet, gt or instance (every image its own identity: the instance-level baseline, on the
+    same images as labels=identity, or on every tracked crop of a tracking output); `crops`: the
+    tracking output of a curated one (default: as curate recorded it); `gt`: with labels="gt", the
+    synthetic world or MOT folder whose <video>/gt.txt labels the crops."""
+    if labels == "instance":
+        m = fs.join(data, runs.MANIFEST) if data and not data.endswith(".json") else ""
+        tracked = bool(m) and fs.exists(m) and fs.read_json(m).get("stage") == "track"
+        table = _load_labels(data, "tracklet" if tracked else "identity", crops, gt)
+        return replace(table, identity=np.arange(len(table.keys), dtype=np.int64),
+                                   source=f"single instances of {table.source}")
+    return _load_labels(data, labels, crops, gt)
+
+
+def _load_labels(data: str, labels: str, crops: str, gt: str) -> LabelTable:
     if not data:
         raise CionError("pre-training needs --data: a curated output, a tracking output or a CION-AL JSON")
     if labels == "gt" and not gt:

@@ -20,7 +20,7 @@ from cion_ray.errors import CionError
 from cion_ray.evaluate.datasets import ReIDDataset, load_dataset
 from cion_ray.evaluate.pipeline import EvaluateConfig, Extractor, FeatureOptions, evaluate_model, local_extractor
 from cion_ray.io import fs
-from cion_ray.runtime.session import cluster_gpus, ensure_ray, fit_actor_cpus
+from cion_ray.runtime.session import cluster_gpus, ensure_ray, fit_actor_cpus, root_message
 
 
 def _log(msg: str) -> None:
@@ -83,18 +83,12 @@ def ray_extractor(model, opts: FeatureOptions, address: str | None = None,
                 done += len(f)
                 progress(done, len(files))
         except Exception as e:  # an actor's error arrives wrapped: show its message
-            raise CionError(f"feature extraction failed: {_root_message(e)}") from None
+            raise CionError(f"feature extraction failed: {root_message(e)}") from None
         if out is None or done != len(files):
             raise CionError(f"feature extraction returned {done} of {len(files)} images")
         return out
 
     return extract
-
-
-def _root_message(e: BaseException) -> str:
-    from cion_ray.runtime.pretrain import _root_message as root
-
-    return root(e)
 
 
 def run_evaluate(cfg: EvaluateConfig, model=None, dataset: ReIDDataset | None = None, address: str | None = None,

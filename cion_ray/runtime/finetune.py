@@ -23,7 +23,8 @@ import torch
 from cion_ray.errors import CionError
 from cion_ray.finetune.config import FinetuneConfig
 from cion_ray.io import fs
-from cion_ray.runtime.pretrain import CKPT_FILE, RUN_NAME, RayTrainContext, _root_message, _storage
+from cion_ray.runtime.pretrain import CKPT_FILE, RUN_NAME, RayTrainContext, _storage
+from cion_ray.runtime.session import root_message
 
 
 @dataclass
@@ -116,7 +117,7 @@ def _fit_on_ray(cfg: FinetuneConfig, address: str | None, log) -> dict:
     try:
         result = trainer.fit()
     except Exception as e:  # a worker error arrives wrapped: show its message, not Ray's traceback
-        raise CionError(f"fine-tuning failed: {_root_message(e)}") from None
+        raise CionError(f"fine-tuning failed: {root_message(e)}") from None
     if result.checkpoint is None:
         raise CionError("fine-tuning ended without a checkpoint")
     with result.checkpoint.as_directory() as d:

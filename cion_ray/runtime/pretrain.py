@@ -22,7 +22,7 @@ import torch
 from cion_ray.errors import CionError
 from cion_ray.io import fs
 from cion_ray.pretrain.config import PretrainConfig
-from cion_ray.runtime.session import cluster_gpus, ensure_ray
+from cion_ray.runtime.session import cluster_gpus, ensure_ray, root_message
 
 RUN_NAME = "train"
 CKPT_FILE = "checkpoint.pt"
@@ -193,7 +193,7 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     try:
         result = trainer.fit()
     except Exception as e:  # a worker error arrives wrapped: show its message, not Ray's traceback
-        raise CionError(f"pre-training failed: {_root_message(e)}") from None
+        raise CionError(f"pre-training failed: {root_message(e)}") from None
     if result.checkpoint is None:
         raise CionError("pre-training ended without a checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -208,14 +208,3 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
             history, cfg.model.out_dim, f"{cfg.model.arch}, {cfg.scale.workers} worker(s), {cfg.data}"))
     return PretrainResult(cfg.out, history[-1] if history else dict(result.metrics or {}),
                           result.checkpoint.path, exports, time.perf_counter() - t0)
-
-
-def _root_message(e: BaseException) -> str:
-    seen = e
-    while seen.__cause__ is not None:
-        seen = seen.__cause__
-    lines = str(seen).strip().splitlines()
-    msg = lines[-1] if lines else type(seen).__name__
-    for prefix in ("cion_ray.errors.CionError: ", "cion_ray.errors.ConfigError: "):
-        msg = msg.replace(prefix, "")
-    return msg

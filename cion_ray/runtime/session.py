@@ -55,6 +55,19 @@ def parallel_map(fn: Callable, items: Iterable, num_cpus: float = 0.5, max_in_fl
     return results
 
 
+def root_message(e: BaseException) -> str:
+    """The innermost cause's last line, without the error class prefix of our own errors: what a
+    user needs from an exception that a Ray worker raised and Ray wrapped."""
+    seen = e
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    lines = str(seen).strip().splitlines()
+    msg = lines[-1] if lines else type(seen).__name__
+    for prefix in ("cion_ray.errors.CionError: ", "cion_ray.errors.ConfigError: "):
+        msg = msg.replace(prefix, "")
+    return msg
+
+
 @ray.remote(num_cpus=0)
 class RunLedger:
     """Collects per-chunk events (done, failed, warnings) from actors during one run."""
