@@ -13,12 +13,11 @@ from cion_ray.synth import SynthConfig, generate_world
 from cion_ray.tracking.config import DetectorConfig, PoolConfig, TrackConfig
 
 
-# a small backbone at reduced view sizes, so that a few epochs fit in minutes on 2 CPU cores;
-# everything else (loss, sampler, schedules, teacher) is the released recipe
-DEMO_PRETRAIN = ["model.arch=resnet18_ibn", "model.out_dim=4096", "model.hidden_dim=512", "model.bottleneck_dim=128",
-                 "views.global_size=128,64", "views.local_size=64,32", "views.local_crops=2",
-                 "optim.batch_per_worker=24", "optim.epochs=3", "optim.iters_per_epoch=5", "optim.warmup_epochs=1",
-                 "scale.loader_workers=0"]
+# the small-scale profile (a ResNet18 at 64x32 that learns in minutes on 2 CPU cores; see the file)
+SMALL = Path(__file__).resolve().parents[1] / "configs" / "small.yaml"
+# the demo's comparison: fewer iterations per arm than the profile, the same for every arm
+DEMO_COMPARE = ["optim.epochs=5", "optim.warmup_epochs=1"]
+DEMO_ARMS = "instance,tracklet,curated,random,random_bn,supervised"
 
 
 def pretrain(out: Path, workers: int) -> dict:
@@ -29,9 +28,8 @@ def pretrain(out: Path, workers: int) -> dict:
     from cion_ray.runtime.pretrain import run_pretrain
 
     run = out / "pretrain"
-    cfg = load_config(PretrainConfig, None, DEMO_PRETRAIN + [f"data={out / 'curated'}", f"out={run}",
-                                                             f"scale.workers={workers}",
-                                                             f"eval_data={out / 'world' / 'reid'}"])
+    cfg = load_config(PretrainConfig, SMALL, [f"data={out / 'curated'}", f"out={run}", f"scale.workers={workers}",
+                                              f"eval_data={out / 'world' / 'reid'}"])
     done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else []
     if done and done[-1]["epoch"] == cfg.optim.epochs and (run / "export" / "teacher.pth").exists():
         return done[-1]
@@ -46,6 +44,18 @@ def pretrain(out: Path, workers: int) -> dict:
     return r.metrics
 
 
+def compare(out: Path) -> dict:
+    from cion_ray.compare.config import CompareConfig
+    from cion_ray.compare.report import table_markdown
+    from cion_ray.runtime.compare import run_compare
+
+    cfg = CompareConfig(data=str(out / "curated"), eval_data=str(out / "world" / "reid"), out=str(out / "compare"),
+                        arms=tuple(DEMO_ARMS.split(",")), profile=str(SMALL), overrides=tuple(DEMO_COMPARE))
+    r = run_compare(cfg, log=lambda m: print(m, flush=True))
+    print(table_markdown(r["rows"]), end="")
+    return r
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="runs/demo", help="output directory")
@@ -55,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
-        print("== 1/4 synthetic world ==", flush=True)
+        print("== 1/5 synthetic world ==", flush=True)
         world = generate_world(SynthConfig(seed=args.seed), out / "world")
         r = world.reid
         print(f"world:      {world.out} ({'reused' if world.reused else f'{world.seconds:.0f}s'}): "
@@ -67,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  preview   {world.out / 'preview.png'}  <- open this: each row is one person across videos",
               flush=True)
 
-        print("\n== 2/4 tracking (Ray Data, public detections + ByteTrack) ==", flush=True)
+        print("\n== 2/5 tracking (Ray Data, public detections + ByteTrack) ==", flush=True)
         from cion_ray.runtime.track import run_track
 
         track = run_track(TrackConfig(videos=str(world.out / "videos"), out=str(out / "crops"),
@@ -79,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  quality   MOTA {o['mota']:.3f}  IDF1 {o['idf1']:.3f}  ID switches {int(o['num_switches'])}"
               f"  (per video: {out / 'crops' / 'report.txt'})")
 
-        print("\n== 3/4 curation (embeddings, L1/L2 denoising, sliding-range linking) ==", flush=True)
+        print("\n== 3/5 curation (embeddings, L1/L2 denoising, sliding-range linking) ==", flush=True)
         from cion_ray.curation.config import CurateConfig, PoolConfig as CuratePool
         from cion_ray.curation.report import report_text
         from cion_ray.runtime.curate import run_curate
@@ -91,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  exports   {out / 'curated' / 'cion_al.json'}, {out / 'curated' / 'market'}")
         print(f"  sheet     {out / 'curated' / 'sheet.png'}  <- open this: each row should be one person")
 
-        print("\n== 4/4 pre-training (Ray Train, identity-guided self-distillation) ==", flush=True)
+        print("\n== 4/5 pre-training (Ray Train, identity-guided self-distillation) ==", flush=True)
         pre = pretrain(out, args.workers)
         print(f"pre-trained: {out / 'pretrain'}: {pre['epoch']} epochs, loss {pre['loss']:.3f} "
               f"(K {pre['k']}), {pre['images_per_s']:.0f} img/s over {pre['identities']} identities")
@@ -103,6 +113,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  metrics   {out / 'pretrain' / 'metrics.json'}, TensorBoard: {out / 'pretrain' / 'tensorboard'}")
         print(f"  curves    {out / 'pretrain' / 'curves.png'}  <- open this: loss = teacher entropy + KL, collapse "
               "watch, retrieval")
+
+        print("\n== 5/5 what the data buys: the same backbone and budget pre-trained on single images, tracklets "
+              "and curated identities, on held-out people ==", flush=True)
+        compare(out)
+        print(f"  chart     {out / 'compare' / 'compare.png'}  <- open this; curves: {out / 'compare' / 'curves.png'}")
     except CionError as e:
         print(f"demo: error: {e}", file=sys.stderr)
         return 2

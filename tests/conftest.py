@@ -71,3 +71,21 @@ def default_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("default_world")
     generate_world(SynthConfig(), out, workers=2, log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def default_curated(default_world, ray_session, tmp_path_factory):
+    """The default world tracked (public detections) and curated once per session: the curated
+    output, read-only for the tests that use it."""
+    from cion_ray.curation.config import CurateConfig, PoolConfig
+    from cion_ray.runtime.curate import run_curate
+    from cion_ray.runtime.track import run_track
+    from cion_ray.tracking.config import DetectorConfig, PoolConfig as TrackPool, TrackConfig
+
+    root = tmp_path_factory.mktemp("default_curated")
+    run_track(TrackConfig(videos=str(default_world / "videos"), out=str(root / "crops"),
+                          detector=DetectorConfig(kind="mot-det", mot=str(default_world / "mot")),
+                          pool=TrackPool(actors=2)), log=lambda m: None)
+    run_curate(CurateConfig(crops=str(root / "crops"), out=str(root / "curated"), gt=str(default_world),
+                            pool=PoolConfig(actors=2)), log=lambda m: None)
+    return root / "curated"
