@@ -30,25 +30,26 @@ def small_cfg(*extra: str) -> PretrainConfig:
 # ---------------------------------------------------------------- the loss
 
 
-def loss_by_loops(student, teacher, center, k, n_views, st=0.1, tt=0.04):
-    """The formula, term by term, with Python loops over rows and images."""
+def loss_by_loops(student, teacher, center, k, n_views, st=0.1, tt=0.04, q=None):
+    """The formula, term by term, with Python loops over rows and images. q: (2 B, D) teacher
+    probabilities to use instead of softmax((teacher - center) / tt) (e.g. Sinkhorn targets)."""
     b = teacher.shape[0] // 2
     p = b // k
     s_views = [student[v * b:(v + 1) * b] for v in range(n_views)]
     t_views = [teacher[i * b:(i + 1) * b] for i in range(2)]
     terms = []
     for iq, t in enumerate(t_views):
-        q = torch.softmax((t - center) / tt, dim=-1)
+        q_v = torch.softmax((t - center) / tt, dim=-1) if q is None else q[iq * b:(iq + 1) * b]
         for v, s in enumerate(s_views):
             if v == iq:
                 continue
             logp = torch.log_softmax(s / st, dim=-1)
-            same = sum(-(q[r] * logp[r]).sum() for r in range(b)) / b
+            same = sum(-(q_v[r] * logp[r]).sum() for r in range(b)) / b
             cross = 0.0
             for i in range(k):
                 for j in range(k):
                     if i != j:  # image i's teacher output supervises image j of the same identity
-                        cross = cross + sum(-(q[pp * k + i] * logp[pp * k + j]).sum() for pp in range(p)) / p
+                        cross = cross + sum(-(q_v[pp * k + i] * logp[pp * k + j]).sum() for pp in range(p)) / p
             terms.append((same + cross) / (k * (k - 1) + 1))
     return sum(terms) / len(terms)
 

@@ -78,22 +78,32 @@ def sinkhorn_log_probs(teacher_out: torch.Tensor, teacher_temp: float = 0.04, n_
     workers: the per-dimension sums go through all_reduce_sum) and every row sums to 1. With a
     batch smaller than D a row must spread over at least D / N_total dimensions, so the targets
     can neither collapse onto one dimension nor flatten to uniform unless the inputs are
-    identical. Returns (N, D) log-probabilities, rows summing to 1 (no gradient)."""
+    identical. Returns (N, D) log-probabilities, rows summing to 1 (no gradient).
+
+    The iterations are SwAV's (dimensions first, then rows), in log space so that no exp() can
+    overflow or underflow at a low temperature. Nothing may rescale the rows before the first
+    dimension step: it would change the result of a finite number of iterations (a per-dimension
+    shift of the logits, such as a centre, changes nothing)."""
     reduce = all_reduce_sum or _sum_identity
     with torch.no_grad():
-        logits = teacher_out.float() / teacher_temp
-        # a per-row shift is undone by the row normalisation: it only keeps exp() in range
-        log_q = logits - logits.max(dim=1, keepdim=True).values
+        log_q = teacher_out.float() / teacher_temp
         n_total = float(teacher_out.shape[0] * world_size)
         d = teacher_out.shape[1]
         for _ in range(n_iters):
-            # every dimension: total mass n_total / d over the whole batch. log_q <= 0 here (the
-            # max shift, then the row normalisation), so exp() cannot overflow on any worker
-            col = reduce(log_q.exp().sum(dim=0, keepdim=True))
-            log_q = log_q - col.clamp_min(1e-30).log() + math.log(n_total / d)
+            # every dimension: total mass n_total / d over the whole batch
+            log_q = log_q - _log_column_sums(log_q, reduce, world_size) + math.log(n_total / d)
             # every row: mass 1
             log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
         return log_q
+
+
+def _log_column_sums(log_q: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor],
+                     world_size: int) -> torch.Tensor:
+    """(1, D): log of sum over every worker's rows of exp(log_q). Each worker's column logsumexp,
+    combined around their mean over the workers (the same shift on every worker) in float64."""
+    local = torch.logsumexp(log_q, dim=0, keepdim=True).double()
+    shift = reduce(local.clone()) / world_size
+    return (shift + reduce((local - shift).exp()).log()).float()
 
 
 def koleo_loss(feats: torch.Tensor, k: int = 1, eps: float = 1e-8) -> torch.Tensor:
