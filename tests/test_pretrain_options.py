@@ -508,6 +508,11 @@ def test_bad_views_settings_are_config_errors(bad):
 # ---------------------------------------------------------------- config checks and the small profile
 
 
+def test_a_run_shorter_than_its_warm_up_warms_up_over_what_it_has():
+    assert small_cfg("optim.epochs=1").optim.warmup_epochs == 0
+    assert small_cfg("optim.epochs=3", "optim.warmup_epochs=10").optim.warmup_epochs == 2
+
+
 @pytest.mark.parametrize("bad", ["optim.centering=ema", "optim.teacher_temp=0", "optim.student_temp=-0.1",
                                  "optim.warmup_teacher_temp=0", "optim.sinkhorn_iters=0", "optim.koleo=-0.1",
                                  "optim.warmup_teacher_temp_epochs=-1"])
@@ -635,10 +640,9 @@ def test_loop_starts_from_the_init_weights(tmp_path):
         assert all(same) if run == "init" else not any(same), run
 
 
-@pytest.mark.xfail(strict=True, raises=CionError,
-                   reason="pre-training checkpoints hold the optimizer's lr and weight_decay as numpy.float64 "
-                          "(loop.py sets g['lr'] = lr[it]), which cion_ray.zoo.checkpoints' weights_only load refuses")
 def test_a_pretraining_run_is_init_weights_for_the_next(tmp_path):
+    """A run's checkpoint loads with weights_only (the optimizer's lr / weight_decay are Python
+    floats, not numpy scalars) and initialises the next run."""
     from cion_ray.pretrain.loop import LocalContext, init_backbones, train
     from cion_ray.pretrain.task import CIONTask
 

@@ -121,7 +121,7 @@ class OptimConfig:
             raise ConfigError("optim: need sinkhorn_iters >= 1, warmup_teacher_temp_epochs >= 0 and koleo >= 0")
         if min(self.teacher_temp, self.warmup_teacher_temp, self.student_temp) <= 0:
             raise ConfigError("optim: temperatures must be > 0")
-        if self.warmup_epochs >= self.epochs and self.epochs > 1:
+        if self.warmup_epochs >= self.epochs:  # a run shorter than the warm-up: warm up over all but its last epoch
             self.warmup_epochs = self.epochs - 1
 
 

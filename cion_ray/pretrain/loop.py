@@ -200,9 +200,9 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         for views_b in loader:
             views_b = [v.to(device, non_blocking=True) for v in views_b]
             for g_i, g in enumerate(opt.param_groups):
-                g["lr"] = lr[it]
+                g["lr"] = float(lr[it])  # a Python float: checkpoints load with weights_only
                 if g_i == 0:
-                    g["weight_decay"] = wd[it]
+                    g["weight_decay"] = float(wd[it])
             with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
                 loss = task(views_b, k, float(ttemp[it]))
             if not math.isfinite(loss.item()):
