@@ -44,13 +44,16 @@ def test_same_seed_same_bytes_and_frames(tiny_world, tmp_path):
     for vid in _video_ids(tiny_world):
         for name in ("gt.txt", "det.txt", "seqinfo.ini"):
             assert (tiny_world / "mot" / vid / name).read_bytes() == (again / "mot" / vid / name).read_bytes()
-        fa = [f for _, f in iter_frames(tiny_world / "videos" / f"{vid}.mp4")]
-        fb = [f for _, f in iter_frames(again / "videos" / f"{vid}.mp4")]
+        video = f"videos/{vid}.mp4"
+        assert (tiny_world / video).read_bytes() == (again / video).read_bytes(), vid
+        fa = [f for _, f in iter_frames(tiny_world / video)]
+        fb = [f for _, f in iter_frames(again / video)]
         assert len(fa) == len(fb) and all(np.array_equal(x, y) for x, y in zip(fa, fb))
     assert (tiny_world / "identities.json").read_bytes() == (again / "identities.json").read_bytes()
-    a = sorted(p.name for p in (tiny_world / "reid").rglob("*.jpg"))
-    b = sorted(p.name for p in (again / "reid").rglob("*.jpg"))
-    assert a == b
+    a = sorted(p.relative_to(tiny_world) for p in (tiny_world / "reid").rglob("*.jpg"))
+    b = sorted(p.relative_to(again) for p in (again / "reid").rglob("*.jpg"))
+    assert a == b and all((tiny_world / p).read_bytes() == (again / p).read_bytes() for p in a)
+    assert (tiny_world / "preview.png").read_bytes() == (again / "preview.png").read_bytes()
 
 
 def test_other_seed_other_world(tmp_path):
@@ -66,6 +69,31 @@ def test_rerun_reuses_complete_world_and_refuses_other_config(tiny_world):
     from cion_ray.errors import CionError
     with pytest.raises(CionError, match="different configuration"):
         generate_world(preset("tiny", seed=9), tiny_world, log=lambda m: None)
+
+
+def test_world_from_another_video_encoder_is_regenerated_not_reused(tmp_path):
+    """A world whose videos another encoder recipe or build wrote has other bytes: not the same world."""
+    from cion_ray.io.video import encoder_id
+
+    cfg = preset("tiny", videos=2, frames=8)
+    out = tmp_path / "w"
+    generate_world(cfg, out, workers=1, log=lambda m: None)
+    meta = out / "world.json"
+    assert json.loads(meta.read_text())["encoder"] == encoder_id()
+    videos = {p.name: p.read_bytes() for p in (out / "videos").glob("*.mp4")}
+    for older in ({"recipe": "an older recipe"}, None):  # None: written before the encoder was recorded
+        world = json.loads(meta.read_text())
+        world.pop("encoder")
+        if older:
+            world["encoder"] = older
+        meta.write_text(json.dumps(world))
+        (out / "videos" / "v0000.mp4").write_bytes(b"stale")
+        logs = []
+        s = generate_world(cfg, out, workers=1, log=logs.append)
+        assert not s.reused and any("regenerating" in m for m in logs)
+        assert json.loads(meta.read_text())["encoder"] == encoder_id()
+        assert {p.name: p.read_bytes() for p in (out / "videos").glob("*.mp4")} == videos
+    assert generate_world(cfg, out, workers=1, log=lambda m: None).reused
 
 
 # --- ground truth ------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ Layout under `out`:
   identities.json                  [{"video_id", "track_id", "identity"}] for every gt track
   reid/{bounding_box_train,query,bounding_box_test}/   Market-1501 style split (held-out identities)
   preview.png                      contact sheet: identities as rows of crops from different videos
-  world.json                       the config and the plan; written last, it marks the world complete
+  world.json                       the config, the video encoder and the plan; written last, it marks
+                                   the world complete
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from cion_ray.config import to_dict
 from cion_ray.errors import CionError
 from cion_ray.io.files import atomic_write_json, atomic_write_text, ensure_writable_dir
 from cion_ray.io.mot import SeqInfo, format_det, format_gt, write_seqinfo
-from cion_ray.io.video import write_video
+from cion_ray.io.video import encoder_id, write_video
 from cion_ray.synth.config import SynthConfig
 from cion_ray.synth.detections import noisy_detections
 from cion_ray.synth.plan import make_plan
@@ -99,7 +100,7 @@ def render_video(cfg: SynthConfig, index: int, out: Path) -> dict:
     }
 
 
-def _existing(out: Path, cfg: SynthConfig) -> dict | None:
+def _existing(out: Path, cfg: SynthConfig, log: Callable[[str], None]) -> dict | None:
     meta = out / "world.json"
     if not meta.is_file():
         return None
@@ -112,6 +113,11 @@ def _existing(out: Path, cfg: SynthConfig) -> dict | None:
     if world.get("config") != json.loads(json.dumps(to_dict(cfg))):
         raise CionError(f"{out} already holds a synthetic world with a different configuration; "
                         "use --force to overwrite it or choose another --out")
+    if world.get("encoder") != encoder_id():
+        # same config, other bytes: the videos came from another encoder recipe or build
+        log(f"{out} holds this world encoded by {world.get('encoder') or 'an older video encoder'}; "
+            f"regenerating it with {encoder_id()}")
+        return None
     missing = [v["video_id"] for v in world["videos"] if not (out / "videos" / f"{v['video_id']}.mp4").is_file()]
     return None if missing else world
 
@@ -120,14 +126,15 @@ def generate_world(cfg: SynthConfig, out: str | Path, workers: int = 0, force: b
                    log: Callable[[str], None] = _log) -> WorldSummary:
     """Generate the world described by `cfg` into directory `out`.
 
-    Deterministic: the same config gives the same files, whatever `workers` is.
-    A complete world with the same config already in `out` is reused unless `force`.
+    Deterministic: the same config gives the same files, whatever `workers` is, on any x86
+    machine with the same PyAV build. A complete world with the same config and the same
+    video encoder (`io.video.encoder_id`) already in `out` is reused unless `force`.
     """
     t0 = time.perf_counter()
     out = ensure_writable_dir(out)
     if force:
         (out / "world.json").unlink(missing_ok=True)
-    world = _existing(out, cfg)
+    world = _existing(out, cfg, log)
     if world is not None:
         log(f"reusing the complete world in {out} (same configuration); --force regenerates it")
         s = world["summary"]
@@ -169,6 +176,7 @@ def generate_world(cfg: SynthConfig, out: str | Path, workers: int = 0, force: b
     atomic_write_json(out / "world.json", {
         "format": FORMAT,
         "config": to_dict(cfg),
+        "encoder": encoder_id(),
         "summary": summary,
         "cameras": [c.to_json() for c in plan.cameras],
         "videos": [{"video_id": v.video_id, "index": v.index, "camera": v.camera.id, "session": v.session,
