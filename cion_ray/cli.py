@@ -205,7 +205,8 @@ def add_evaluate_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--distance", choices=["cosine", "euclidean"], help="feature distance (default cosine)")
     s.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3; "
                                                          "--set ranking.k1=N to change)")
-    s.add_argument("--size", help="input size H,W (default 256,128)")
+    s.add_argument("--size", help="input size H,W (default: the size the checkpoint was trained at when it "
+                                   "records one, else 256,128)")
     s.add_argument("--batch", type=int, help="images per forward pass")
     s.add_argument("--no-flip", action="store_true", help="do not average with the mirrored image's features")
     s.add_argument("--device", help="cpu | cuda (default cpu)")

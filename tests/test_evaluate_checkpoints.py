@@ -97,3 +97,49 @@ def test_bad_checkpoints_are_errors_naming_the_file(tmp_path):
     torch.save(fresh(0).state_dict(), tmp_path / "plain.pth")
     with pytest.raises(CionError, match="plain.pth do not record their backbone"):
         load_backbone(None, str(tmp_path / "plain.pth"), SIZE)
+
+
+def test_the_training_size_a_checkpoint_records(tmp_path):
+    """Fine-tuning checkpoints and model.pth record "size" (augment.size), pre-training checkpoints
+    their config's views.global_size; load_backbone builds at it unless given a size."""
+    want = fresh(5)
+    ft = {"format": "cion-ray-finetune/1", "arch": ARCH, "size": [32, 16], "iteration": 7,
+          "model": {**{f"backbone.{k}": v for k, v in want.state_dict().items()},
+                    "classifier.weight": torch.zeros(3, 8)}}
+    torch.save(ft, tmp_path / "ft.pt")
+    pre = {**ray_train_state(want, 2), "config": {"views": {"global_size": (48, 24)}}}
+    torch.save(pre, tmp_path / "pre.pt")
+    torch.save(want.state_dict(), tmp_path / "plain.pth")
+    for file, arch, size, trained, built in (("ft.pt", None, None, (32, 16), (32, 16)),
+                                             ("pre.pt", None, None, (48, 24), (48, 24)),
+                                             ("pre.pt", ARCH, (64, 32), (48, 24), (64, 32)),
+                                             ("plain.pth", ARCH, None, None, (256, 128))):
+        model, info = load_backbone(arch, str(tmp_path / file), size)
+        assert same_weights(model, want) and (info.trained_size, info.size) == (trained, built), file
+    assert load_backbone(None, str(tmp_path / "ft.pt"), None)[1].iteration == 7
+    assert load_backbone(ARCH, "random", None)[1].size == (256, 128)
+
+
+def test_a_folder_of_several_runs_is_an_error_naming_them(tmp_path):
+    """A parent of several runs does not pick whichever wrote last; one run, its train/ folder, a
+    local fine-tuning run (checkpoint/checkpoint.pt) and a Ray Train run folder of any name are one run."""
+    def checkpoint(*parts):
+        (tmp_path.joinpath(*parts[:-1])).mkdir(parents=True, exist_ok=True)
+        torch.save(ray_train_state(fresh(0), 1), tmp_path.joinpath(*parts))
+
+    checkpoint("runs", "a", "train", "checkpoint_2026-01-01_10-00-00.000001", "checkpoint.pt")
+    checkpoint("runs", "a", "train", "checkpoint_2026-01-01_11-00-00.000001", "checkpoint.pt")
+    checkpoint("runs", "a", "export", "backbone.pth")
+    assert find_checkpoint_file(str(tmp_path / "runs")).endswith("a/train/checkpoint_2026-01-01_11-00-00.000001/"
+                                                                 "checkpoint.pt")
+    checkpoint("runs", "b", "checkpoint", "checkpoint.pt")  # a local fine-tuning run
+    assert find_checkpoint_file(str(tmp_path / "runs" / "b")).endswith("b/checkpoint/checkpoint.pt")
+    checkpoint("runs", "ray", "my_run", "checkpoint_000001", "checkpoint.pt")
+    assert find_checkpoint_file(str(tmp_path / "runs" / "ray")).endswith("my_run/checkpoint_000001/checkpoint.pt")
+    with pytest.raises(CionError, match=r"weights .*runs: holds checkpoints of 3 runs \(a, b, ray/my_run\); "
+                                        "name one of them"):
+        find_checkpoint_file(str(tmp_path / "runs"))
+    with pytest.raises(CionError, match="3 runs"):
+        load_backbone(ARCH, str(tmp_path / "runs"), SIZE)
+    for one in ("a", "a/train", "b", "ray/my_run"):
+        find_checkpoint_file(str(tmp_path / "runs" / one))

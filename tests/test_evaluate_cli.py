@@ -163,3 +163,47 @@ def test_ray_actor_pool_extraction_equals_the_local_loop(ray_session, split, wei
     assert a["extraction"] == {"where": "ray", "actors": 1} and b["extraction"]["where"] == "local"
     assert a["metrics"]["mAP"] == pytest.approx(b["metrics"]["mAP"], abs=1e-6)
     assert a["metrics"]["rank1"] == b["metrics"]["rank1"]
+
+
+def pretrain_run(root, model, size, epoch: int = 3):
+    """A pre-training run folder in short: one Ray Train checkpoint whose config records the views'
+    global size (what cion_ray.pretrain.loop.checkpoint_state writes)."""
+    from dataclasses import asdict
+
+    from cion_ray.config import load_config
+    from cion_ray.pretrain.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, None, [f"model.arch={ARCH}", f"views.global_size={size[0]},{size[1]}"])
+    ckpt = root / "train" / "checkpoint_2026-01-01_10-00-00.000001"
+    ckpt.mkdir(parents=True)
+    teacher = {f"backbone.{k}": v for k, v in model.state_dict().items()}
+    torch.save({"format": "cion-ray-pretrain/1", "arch": ARCH, "epoch": epoch, "iteration": 10 * epoch,
+                "teacher": teacher, "config": asdict(cfg)}, ckpt / "checkpoint.pt")
+    return ckpt / "checkpoint.pt"
+
+
+def test_size_defaults_to_what_the_checkpoint_was_trained_at(split, weights, tmp_path, capsys):
+    """A run trained at 64x32 evaluates at 64x32 without --size; --size wins; a plain state dict
+    keeps 256x128. The table and the JSON name the size, where it came from, the checkpoint file
+    and its epoch / iteration."""
+    torch.set_num_threads(1)
+    model, plain = weights
+    file = pretrain_run(tmp_path / "run", model, SIZE)
+
+    def evaluate(name, *args):
+        rc, out, err = run(capsys, "--data", split, "--no-flip", "--out", tmp_path / f"{name}.json", *args)
+        assert rc == 0, err
+        return out.splitlines()[0], json.loads((tmp_path / f"{name}.json").read_text())
+
+    title, recorded = evaluate("recorded", "--weights", tmp_path / "run")
+    _, given = evaluate("given", "--weights", tmp_path / "run", "--size", "64,32")
+    _, large = evaluate("large", "--weights", tmp_path / "run", "--size", "256,128")
+    _, default = evaluate("default", "--weights", plain, "--arch", ARCH)
+    assert recorded["settings"]["size"] == [64, 32] and recorded["settings"]["size_from"] == "checkpoint"
+    assert recorded["metrics"] == given["metrics"] and given["settings"]["size_from"] == "given"
+    assert large["settings"]["size"] == [256, 128] and large["metrics"] != recorded["metrics"]
+    assert (default["settings"]["size"], default["settings"]["size_from"]) == ([256, 128], "default")
+    m = recorded["model"]
+    assert (m["file"], m["epoch"], m["iteration"], m["trained_size"]) == (str(file), 3, 30, [64, 32])
+    assert title.startswith(f"{ARCH} ({file}, epoch 3, iteration 30) on market1501 {split}: cosine, "
+                            "64x32 (as trained: recorded by the checkpoint)"), title

@@ -7,7 +7,7 @@ cion_ray/runtime/evaluate.py passes a Ray Data actor pool for large datasets.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -15,6 +15,7 @@ import numpy as np
 from cion_ray.errors import ConfigError
 from cion_ray.evaluate.datasets import ReIDDataset
 from cion_ray.evaluate.search import RankingOptions, evaluate_features
+from cion_ray.zoo.checkpoints import DEFAULT_SIZE
 
 # files -> (N, D) float32 features, in order; `what` names the split for progress lines
 Extractor = Callable[[list[str], str], np.ndarray]
@@ -22,11 +23,13 @@ Extractor = Callable[[list[str], str], np.ndarray]
 
 @dataclass
 class FeatureOptions:
-    """size: model input (H, W). batch: images per forward. flip: average with the mirrored
+    """size: model input (H, W); None: the size the checkpoint records it was trained at
+    (pre-training's views.global_size, fine-tuning's augment.size), else DEFAULT_SIZE (256, 128),
+    which an in-memory model gets too. batch: images per forward. flip: average with the mirrored
     image's features. device: cpu | cuda[:n]. ray_above: datasets with more images (query +
     gallery) are embedded by a Ray Data pool of `actors` actors (cpus_per_actor, gpus_per_actor
     each; -1 GPUs: one per actor when the device is cuda), smaller ones in this process."""
-    size: tuple[int, int] = (256, 128)
+    size: tuple[int, int] | None = None
     batch: int = 64
     flip: bool = True
     device: str = "cpu"
@@ -36,9 +39,10 @@ class FeatureOptions:
     gpus_per_actor: float = -1.0
 
     def __post_init__(self):
-        if len(self.size) != 2 or min(self.size) < 1:
-            raise ConfigError(f"size {self.size}: expected H,W (two positive integers)")
-        self.size = (int(self.size[0]), int(self.size[1]))
+        if self.size is not None:
+            if len(self.size) != 2 or min(self.size) < 1:
+                raise ConfigError(f"size {self.size}: expected H,W (two positive integers)")
+            self.size = (int(self.size[0]), int(self.size[1]))
         if self.batch < 1 or self.actors < 1 or self.ray_above < 0:
             raise ConfigError("batch and actors must be at least 1, ray_above at least 0")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
@@ -76,7 +80,10 @@ def local_extractor(model, opts: FeatureOptions, log: Callable[[str], None] = pr
 def evaluate_model(model, dataset: ReIDDataset, cfg: EvaluateConfig, extract: Extractor | None = None,
                    log: Callable[[str], None] = print, model_info: dict | None = None) -> dict:
     """Evaluate `model` ((B, 3, H, W) -> (B, D)) on `dataset`: the result dict (metrics, CMC
-    curve, dataset, model, settings, seconds)."""
+    curve, dataset, model, settings, seconds). Without cfg.features.size, at DEFAULT_SIZE
+    (settings.size_from: "given" or "default"; run_evaluate: "checkpoint" when it records one)."""
+    size_from = "given" if cfg.features.size else "default"
+    cfg = replace(cfg, features=replace(cfg.features, size=cfg.features.size or DEFAULT_SIZE))
     extract = extract or local_extractor(model, cfg.features, log)
     t0 = time.perf_counter()
     files = dataset.query.files + dataset.gallery.files
@@ -92,16 +99,21 @@ def evaluate_model(model, dataset: ReIDDataset, cfg: EvaluateConfig, extract: Ex
     t2 = time.perf_counter()
     metrics = {k: r.summary()[k] for k in ("rank1", "rank5", "rank10") if k in r.summary()}
     metrics.update(mAP=r.mAP, mINP=r.mINP, queries=r.queries, skipped=r.skipped, gallery=r.gallery)
-    settings = {"size": list(cfg.features.size), "batch": cfg.features.batch, "flip": cfg.features.flip,
-                "device": cfg.features.device, **asdict(opts), "engine": engine,
+    settings = {"size": list(cfg.features.size), "size_from": size_from, "batch": cfg.features.batch,
+                "flip": cfg.features.flip, "device": cfg.features.device, **asdict(opts), "engine": engine,
                 "neighbour_engine": neighbours if opts.rerank else None}
     return {"metrics": metrics, "cmc": [float(c) for c in r.cmc], "dataset": dataset.summary(),
             "model": model_info or {}, "settings": settings,
             "seconds": {"features": round(t1 - t0, 3), "ranking": round(t2 - t1, 3)}}
 
 
+SIZE_FROM = {"checkpoint": " (as trained: recorded by the checkpoint)", "default": " (default)"}
+
+
 def result_table(result: dict) -> str:
-    """The printed form of a result: one header line, one row of percentages and counts."""
+    """The printed form of a result: a title (model, the checkpoint file with the epoch / iteration
+    it records, dataset, settings and the input size with where it came from), one header line,
+    one row of percentages and counts."""
     m, d, s, w = result["metrics"], result["dataset"], result["settings"], result.get("model", {})
     cols = [("rank-1", "rank1"), ("rank-5", "rank5"), ("rank-10", "rank10"), ("mAP", "mAP"), ("mINP", "mINP")]
     head = "".join(f"{c:>9}" for c, _ in cols) + f"{'queries':>9}{'gallery':>9}"
@@ -109,8 +121,10 @@ def result_table(result: dict) -> str:
     row += f"{m['queries']:>9}{m['gallery']:>9}"
     how = s["distance"] + (f", re-ranked (k1 {s['k1']}, k2 {s['k2']}, lambda {s['lambda_value']})"
                            if s["rerank"] else "")
-    size = "x".join(str(v) for v in s["size"])
-    title = (f"{w.get('arch', 'model')} ({w.get('weights', 'in memory')}) on {d['dataset']} {d['root']}: "
+    size = "x".join(str(v) for v in s["size"]) + SIZE_FROM.get(s.get("size_from", "given"), "")
+    source = [w.get("file") or w.get("weights", "in memory")]
+    source += [f"{k} {w[k]}" for k in ("epoch", "iteration") if w.get(k) is not None]
+    title = (f"{w.get('arch', 'model')} ({', '.join(source)}) on {d['dataset']} {d['root']}: "
              f"{how}, {size}{', flip' if s['flip'] else ''}")
     skipped = f"\n  ({m['skipped']} queries without a match from another camera were skipped)" if m["skipped"] else ""
     return f"{title}\n{head}\n{row}{skipped}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+from dataclasses import asdict, replace
 from typing import Callable
 
 import numpy as np
@@ -51,8 +52,6 @@ def ray_extractor(model, opts: FeatureOptions, address: str | None = None,
                   log: Callable[[str], None] = _log) -> Extractor:
     """An extractor running `opts.actors` FeatureActors over a Ray Data dataset of image URIs
     (every actor reads its images itself: local paths must be visible to every node)."""
-    from dataclasses import asdict
-
     from cion_ray.zoo.features import ProgressLine
 
     def extract(files: list[str], what: str) -> np.ndarray:
@@ -95,7 +94,7 @@ def run_evaluate(cfg: EvaluateConfig, model=None, dataset: ReIDDataset | None = 
                  log: Callable[[str], None] = _log) -> dict:
     """Evaluate cfg.weights (or `model`) on cfg.data (or `dataset`); writes cfg.out (JSON) when
     set and returns the result dict (see cion_ray.evaluate.pipeline.evaluate_model)."""
-    from cion_ray.zoo.checkpoints import load_backbone
+    from cion_ray.zoo.checkpoints import DEFAULT_SIZE, load_backbone
 
     t0 = time.perf_counter()
     if cfg.out and not fs.is_remote(cfg.out):
@@ -106,21 +105,29 @@ def run_evaluate(cfg: EvaluateConfig, model=None, dataset: ReIDDataset | None = 
         if not cfg.data:
             raise CionError("no dataset given (--data)")
         dataset = load_dataset(cfg.dataset or None, cfg.data, with_train=False, cuhk03_protocol=cfg.cuhk03_protocol)
-    if model is None:
+    size, size_from = cfg.features.size or DEFAULT_SIZE, "given" if cfg.features.size else "default"
+    if model is None:  # without features.size, at the size the checkpoint was trained at
         model, info = load_backbone(cfg.arch or None, cfg.weights, cfg.features.size, cfg.seed)
         model_info = {"arch": info.arch, "weights": info.source, "file": info.file, "epoch": info.epoch,
-                      "seed": info.seed}
+                      "iteration": info.iteration, "seed": info.seed,
+                      "trained_size": list(info.trained_size) if info.trained_size else None}
+        size = info.size
+        if not cfg.features.size and info.trained_size:
+            size_from = "checkpoint"
     else:
         model_info = {"arch": cfg.arch or type(model).__name__, "weights": cfg.weights or "in memory"}
+    cfg = replace(cfg, features=replace(cfg.features, size=size))
     n = len(dataset.query) + len(dataset.gallery)
     log(f"{dataset.name} at {dataset.root}: {len(dataset.query)} queries, {len(dataset.gallery)} gallery images; "
-        f"model {model_info['arch']} from {model_info['weights']}")
+        f"model {model_info['arch']} from {model_info.get('file') or model_info['weights']}"
+        + (f" (epoch {model_info['epoch']})" if model_info.get("epoch") is not None else ""))
     pooled = n > cfg.features.ray_above
     extract = ray_extractor(model, cfg.features, address, log) if pooled else local_extractor(model, cfg.features, log)
     try:
         result = evaluate_model(model, dataset, cfg, extract, log, model_info)
     except ValueError as e:  # e.g. no query with a match from another camera
         raise CionError(f"{dataset.root}: {e}") from None
+    result["settings"]["size_from"] = size_from
     result["extraction"] = {"where": "ray" if pooled else "local", "actors": cfg.features.actors if pooled else 0}
     result["seconds"]["total"] = round(time.perf_counter() - t0, 3)
     if cfg.out:

@@ -6,7 +6,8 @@ Accepted: a plain state dict; a dict holding it under "teacher", "state_dict" or
 
 `load_backbone(arch, weights, size)` builds a backbone from any of them: a checkpoint file (our
 exports backbone.pth / teacher.pth, a Ray Train checkpoint.pt, a released CION .pth), a folder
-holding one (a pre-training run: its newest checkpoint), or a seeded random initialisation.
+holding one (a pre-training or fine-tuning run: its newest checkpoint), or a seeded random
+initialisation; without a size, at the input size the checkpoint was trained at.
 """
 from __future__ import annotations
 
@@ -61,24 +62,50 @@ def load_backbone_state(path: str | Path) -> dict:
 
 RANDOM = "random"  # `weights` that ask for a seeded random initialisation instead of a checkpoint
 WEIGHT_FILES = ("backbone.pth", "export/backbone.pth", "teacher.pth", "export/teacher.pth")
+CKPT_FILE = "checkpoint.pt"  # a training checkpoint: Ray Train's checkpoint_*/, local fine-tuning's checkpoint/
+DEFAULT_SIZE = (256, 128)  # (H, W) input size of a backbone whose checkpoint does not record one
 
 
 @dataclass
 class LoadedWeights:
-    """Where a backbone's weights came from: `file` (a checkpoint file, or "random"), the arch
-    and epoch the checkpoint records (None when it does not)."""
+    """Where a backbone's weights came from: `file` (a checkpoint file, or "random"), the arch,
+    epoch, iteration and training input size (H, W) the checkpoint records (None when it does
+    not); `size`: the input size the backbone was built at (load_backbone)."""
     source: str
     file: str
     arch: str | None = None
     epoch: int | None = None
     seed: int | None = None
+    iteration: int | None = None
+    trained_size: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None
+
+
+def _run_of(rel: str) -> str | None:
+    """The run folder ("" for the listed folder itself) of a training checkpoint at `rel` (a path
+    relative to the listed folder), None when `rel` is not one. Pre-training and fine-tuning on
+    Ray keep theirs as <run>/train/checkpoint_*/checkpoint.pt (any other Ray Train run folder:
+    <ray run>/checkpoint_*/checkpoint.pt), local fine-tuning as <run>/checkpoint/checkpoint.pt."""
+    parts = rel.split("/")
+    if parts[-1] != CKPT_FILE:
+        return None
+    if len(parts) == 1:  # the folder is one checkpoint
+        return ""
+    if parts[-2].startswith("checkpoint_"):
+        run = parts[:-2]
+        return "/".join(run[:-1] if run and run[-1] == "train" else run)
+    if parts[-2] == "checkpoint":
+        return "/".join(parts[:-2])
+    return None
 
 
 def find_checkpoint_file(uri: str) -> str:
     """The checkpoint file `uri` names (local path or s3://): a file is itself; in a folder (a
-    pre-training run, its train/ folder, one Ray Train checkpoint), the newest
-    checkpoint_*/checkpoint.pt, else backbone.pth / teacher.pth (also under export/), else the
-    folder's only .pth / .pt file. CionError naming the folder when there is none."""
+    pre-training or fine-tuning run, its train/ folder, one Ray Train checkpoint), the newest
+    training checkpoint (see _run_of), else backbone.pth / teacher.pth (also under export/), else
+    the folder's only .pth / .pt file. CionError naming the folder when there is none, or when
+    the training checkpoints below it belong to several runs (which one is meant is not for the
+    newest file to decide)."""
     from cion_ray.io import fs
 
     fsys, root = fs.get_fs(uri)
@@ -93,10 +120,14 @@ def find_checkpoint_file(uri: str) -> str:
         raise
     except Exception as e:  # network / permission problems
         raise CionError(f"weights {uri}: cannot list ({e})") from None
-    ray_ckpts = [r for r in rels if r == "checkpoint.pt" or (
-        r.endswith("/checkpoint.pt") and posixpath.basename(posixpath.dirname(r)).startswith("checkpoint_"))]
-    if ray_ckpts:  # Ray Train names them checkpoint_<date_time> (or _<index>): the name orders them
-        return fs.join(uri, *max(ray_ckpts, key=lambda r: posixpath.basename(posixpath.dirname(r))).split("/"))
+    runs = {r: _run_of(r) for r in rels}
+    ckpts = [r for r, run in runs.items() if run is not None]
+    found = sorted({runs[r] for r in ckpts})
+    if len(found) > 1:
+        named = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise CionError(f"weights {uri}: holds checkpoints of {len(found)} runs ({named}); name one of them")
+    if ckpts:  # Ray Train names them checkpoint_<date_time> (or _<index>): the name orders them
+        return fs.join(uri, *max(ckpts, key=lambda r: posixpath.basename(posixpath.dirname(r))).split("/"))
     picked = [r for r in WEIGHT_FILES if r in rels] or (rels if len(rels) == 1 else [])
     if picked:
         return fs.join(uri, *picked[0].split("/"))
@@ -122,9 +153,26 @@ def read_checkpoint(uri: str) -> tuple[dict, LoadedWeights]:
         state = extract_backbone_state(obj)
     except CionError as e:
         raise CionError(f"weights {file}: {e}") from None
-    arch = obj.get("arch") if isinstance(obj, dict) and isinstance(obj.get("arch"), str) else None
-    epoch = obj.get("epoch") if isinstance(obj, dict) and isinstance(obj.get("epoch"), int) else None
-    return state, LoadedWeights(str(uri), file, arch, epoch)
+
+    def recorded(key: str, kind: type):
+        v = obj.get(key)
+        return v if isinstance(v, kind) and not isinstance(v, bool) else None
+
+    return state, LoadedWeights(str(uri), file, recorded("arch", str), recorded("epoch", int), None,
+                                recorded("iteration", int), trained_size(obj))
+
+
+def trained_size(obj: dict) -> tuple[int, int] | None:
+    """The (H, W) input size a checkpoint object records having been trained at: fine-tuning's
+    checkpoints and model.pth ("size": augment.size), pre-training's checkpoints ("config" ->
+    views.global_size); None for plain state dicts and other layouts."""
+    size = obj.get("size")
+    config = obj.get("config")
+    if size is None and isinstance(config, dict) and isinstance(config.get("views"), dict):
+        size = config["views"].get("global_size")
+    if isinstance(size, (list, tuple)) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size):
+        return int(size[0]), int(size[1])
+    return None
 
 
 def _load_error(e: Exception) -> str:
@@ -151,11 +199,12 @@ def load_state_strict(model, state: dict, file: str, arch: str) -> None:
                             f"e.g. {', '.join(keys[:3])}")
 
 
-def load_backbone(arch: str | None, weights: str, size: tuple[int, int], seed: int = 0):
+def load_backbone(arch: str | None, weights: str, size: tuple[int, int] | None, seed: int = 0):
     """(backbone, LoadedWeights): `arch` built at input `size` (H, W) with the weights of a
     checkpoint (file or folder, local or s3://), or `weights="random"`: a random initialisation
     from torch seed `seed`. `arch` may be left out when the checkpoint records it; a checkpoint
-    recording another arch is an error."""
+    recording another arch is an error. `size` None: the size the checkpoint was trained at,
+    else DEFAULT_SIZE (info.size says which)."""
     import torch
 
     from cion_ray.zoo.factory import create_backbone
@@ -165,15 +214,17 @@ def load_backbone(arch: str | None, weights: str, size: tuple[int, int], seed: i
     if weights == RANDOM:
         if not arch:
             raise CionError("random weights need an arch (--arch)")
+        size = tuple(size or DEFAULT_SIZE)
         torch.manual_seed(seed)
-        return create_backbone(arch, tuple(size)), LoadedWeights(RANDOM, RANDOM, arch, None, seed)
+        return create_backbone(arch, size), LoadedWeights(RANDOM, RANDOM, arch, None, seed, size=size)
     state, info = read_checkpoint(weights)
     if arch and info.arch and arch != info.arch:
         raise CionError(f"weights {info.file} hold a {info.arch} backbone, not {arch}")
     arch = arch or info.arch
     if not arch:
         raise CionError(f"weights {info.file} do not record their backbone: give it (--arch)")
-    model = create_backbone(arch, tuple(size))
+    info.size = tuple(size or info.trained_size or DEFAULT_SIZE)
+    model = create_backbone(arch, info.size)
     load_state_strict(model, state, info.file, arch)
     info.arch = arch
     return model, info
