@@ -69,6 +69,9 @@ def test_protocol_locally_then_resume_and_compare(default_world, tmp_path, capsy
     assert code == 2 and "--resume" in err
     code, text, err = run_cli(capsys, *base, "--out", str(out), "--resume")
     assert code == 0 and text.count("reused") == 2, text + err
+    # the eval split is not in the fingerprint: finished runs are not reused for another one
+    code, _, err = run_cli(capsys, *base, "--out", str(out), "--resume", "--eval-data", str(default_world))
+    assert code == 2 and f"evaluated on {reid}, not {default_world}" in err, err
 
     code, _, err = run_cli(capsys, *base[:-2], "--label", "other", "--out", str(tmp_path / "p2"),
                            "--compare", str(out), "--set", "optim.lr=1e-3")

@@ -72,3 +72,39 @@ def test_a_resumed_run_ends_where_an_unbroken_one_does(default_world, tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a), \
         max((a[k].float() - b[k].float()).abs().max().item() for k in a)
     assert resumed.metrics["loss"] == pytest.approx(whole.metrics["loss"], abs=1e-5)
+
+
+def test_resuming_on_another_eval_split_drops_the_before_figures(default_world, tmp_path):
+    """The eval split is not part of a run's fingerprint: a run resumed with another one does not
+    report the retrieval of the initialisation measured on the old split (it cannot measure it
+    again: the initial weights are gone); resumed on the same split it keeps them."""
+    import shutil
+
+    from cion_ray.finetune.loop import finetune
+
+    torch.set_num_threads(1)
+    reid, other = default_world / "reid", tmp_path / "other"
+    for split in ("query", "bounding_box_test"):
+        shutil.copytree(reid / split, other / split)
+    common = ["optim.steps=3", "log_every=1", "checkpoint_every=1", "optim.identities_per_batch=4",
+              "optim.images_per_identity=2", "augment.size=32,16"]
+
+    def die_at_2(metrics):
+        if metrics["step"] == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(small_cfg(default_world, *common, f"eval.data={reid}"), "cpu", lambda m: None,
+                 ckpt_dir=str(tmp_path / "a"), on_log=die_at_2)
+    state = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)
+    assert state["iteration"] == 1 and state["eval_init_data"] == str(reid) and "eval_mAP_init" in state["eval_init"]
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    same = finetune(small_cfg(default_world, *common, f"eval.data={reid}"), "cpu", lambda m: None,
+                    ckpt_dir=str(tmp_path / "a"))
+    assert same.metrics["eval_mAP_init"] == state["eval_init"]["eval_mAP_init"]
+    lines = []
+    moved = finetune(small_cfg(default_world, *common, f"eval.data={other}"), "cpu", lines.append,
+                     ckpt_dir=str(tmp_path / "b"))
+    assert "eval_mAP" in moved.metrics and not any(k.endswith("_init") for k in moved.metrics), moved.metrics
+    assert any(f"measured on {reid}, not {other}: it is not reported" in line for line in lines), lines
+    assert moved.state["eval_init"] == {} and moved.state["eval_init_data"] == str(other)

@@ -153,6 +153,11 @@ class FinetuneConfig:
             raise ConfigError("scale.workers must be >= 1")
 
     @property
+    def eval_split(self) -> str:
+        """The folder whose query / gallery the run evaluates on."""
+        return self.eval.data or self.data
+
+    @property
     def run_label(self) -> str:
         return self.label or f"{self.model.arch} ({'checkpoint' if self.model.weights else 'random init'})"
 

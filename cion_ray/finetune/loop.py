@@ -109,6 +109,13 @@ def train(cfg: FinetuneConfig, ctx: TrainContext, log: Callable[[str], None] = p
         opt.load_state_dict(state["optimizer"])
         it, eval_init = int(state["iteration"]), dict(state.get("eval_init") or {})
         say(f"resumed at iteration {it}")
+        if eval_init and state.get("eval_init_data") != cfg.eval_split:
+            # the eval split is not in the fingerprint, and the initial weights are gone: figures of
+            # another split cannot stand beside this one's
+            say(f"the retrieval before fine-tuning was measured on {state.get('eval_init_data') or 'another split'}, "
+                f"not {cfg.eval_split}: it is not reported for this run (the initial weights are not kept to "
+                "measure it again)")
+            eval_init = {}
     elif held_out is not None and cfg.eval.initial:
         eval_init = {f"{key}_init": v for key, v in evaluate_retrieval(model, cfg, held_out, device, say).items()}
         say(f"retrieval before fine-tuning on {held_out.root}: {_eval_text(eval_init, '_init')}")

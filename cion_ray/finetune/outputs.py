@@ -1,7 +1,8 @@
 """What a fine-tuning run leaves behind, and how to read it back.
 
 - checkpoints (`checkpoint_state`): model, optimizer, iteration and the retrieval metrics of the
-  initialisation, by name; a resumed run restores all of them;
+  initialisation with the split they were measured on (eval_init_data), by name; a resumed run
+  restores all of them (the initial metrics only when it evaluates on the same split);
 - `export/model.pth`: {"format", "arch", "size", "neck", "neck_feat", "num_classes", "model": the whole
   ReID model's state dict (backbone.*, neck.*, classifier.*)}: `load_finetuned` rebuilds the model
   with its BNNeck, and zoo.checkpoints.load_backbone_state reads the backbone out of it;
@@ -34,7 +35,8 @@ def checkpoint_state(cfg, model: torch.nn.Module, opt: torch.optim.Optimizer, it
     return {"format": FORMAT, "arch": cfg.model.arch, "size": list(cfg.augment.size),
             "neck": cfg.model.neck, "neck_feat": cfg.model.neck_feat, "num_classes": int(model.classifier.out_features),
             "iteration": iteration, "model": _cpu(model.state_dict()), "optimizer": opt.state_dict(),
-            "eval_init": dict(eval_init), "metrics": dict(metrics or {}), "config": asdict(cfg),
+            "eval_init": dict(eval_init), "eval_init_data": cfg.eval_split, "metrics": dict(metrics or {}),
+            "config": asdict(cfg),
             "fingerprint": cfg.fingerprint()}
 
 

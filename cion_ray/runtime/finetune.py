@@ -146,6 +146,9 @@ def _single(cfg: FinetuneConfig, address: str | None, local: bool, resume: bool,
     if claim_run_folder(cfg.out, "finetune.json", cfg.fingerprint(), asdict(cfg), resume, "fine-tuning") \
             and fs.exists(result_json):
         r = fs.read_json(result_json)
+        if r.get("eval_data", cfg.eval_split) != cfg.eval_split:  # its figures would pass for this split's
+            raise CionError(f"{cfg.out}: finished already, evaluated on {r['eval_data']}, not {cfg.eval_split}; "
+                            "fine-tune into another --out to evaluate on it")
         log(f"{cfg.out}: finished already (mAP {r['metrics'].get('eval_mAP', float('nan')):.4f}); reused")
         return FinetuneResult(cfg.out, r["metrics"], r["exports"], r["seconds"], reused=True)
     t0, started = time.perf_counter(), time.time()
@@ -154,7 +157,7 @@ def _single(cfg: FinetuneConfig, address: str | None, local: bool, resume: bool,
     metrics = {**(carried or {}), **(state.get("metrics") or {})}
     seconds = time.perf_counter() - t0
     fs.write_json(result_json, {"label": cfg.run_label, "arch": cfg.model.arch, "weights": cfg.model.weights,
-                                "data": cfg.data, "eval_data": cfg.eval.data or cfg.data,
+                                "data": cfg.data, "eval_data": cfg.eval_split,
                                 "data_fraction": cfg.data_fraction, "workers": 0 if local else cfg.scale.workers,
                                 "metrics": metrics, "exports": exports, "seconds": seconds,
                                 "started": started, "finished": time.time()})
