@@ -257,3 +257,23 @@ def test_single_video_corpus_and_empty_video():
     assert len(lv.counts) == 0 and lv.stats["samples_in"] == 0
     t = identity_table([lv])
     assert len(relations_for_range(t, 0, 1, LinkConfig())) == 0
+
+
+def test_timm_embeddings_are_keyed_by_their_input_pipeline():
+    """Embeddings cached by a timm embedder with another preprocessing are another feature space: the
+    embed fingerprint names the pipeline for timm embedders, and leaves the hand-crafted one's as it was."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    from cion_ray.curation.config import TIMM_PREPROCESS, CurateConfig, EmbedConfig
+
+    def plain(cfg):  # the fingerprint as it was before the pipeline was part of it
+        d = asdict(cfg.embed)
+        d.pop("batch")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    hand = CurateConfig()
+    timm = CurateConfig(embed=EmbedConfig(embedder="timm:resnet18", weights="w.pth"))
+    assert hand.embed_fingerprint() == plain(hand)
+    assert timm.embed_fingerprint() != plain(timm) and TIMM_PREPROCESS

@@ -19,9 +19,7 @@ finetune_steps > 0, also after a short supervised fine-tuning on that split's tr
 """
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from cion_ray.errors import ConfigError
 
@@ -79,18 +77,6 @@ class CompareConfig:
             return tuple(self.arms)
         return DEFAULT_ARMS[:-1] + (("gt",) if self.gt else ()) + DEFAULT_ARMS[-1:] + (
             ("imagenet", "imagenet_curated") if self.imagenet else ())
-
-    def arm_fingerprint(self, arm: str, seed: int) -> str:
-        """What an arm's stored result must match to be reused by a later run."""
-        d = asdict(self)
-        for k in ("out", "arms", "seeds", "parallel", "cpus_per_arm", "gpus_per_arm", "threads"):
-            d.pop(k)
-        if arm not in ("gt",):
-            d.pop("gt")
-        if not arm.startswith("imagenet"):
-            d.pop("imagenet")
-        d.update(arm=arm, seed=seed)
-        return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
 
 @dataclass

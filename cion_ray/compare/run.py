@@ -7,6 +7,8 @@ backbone.pth (the evaluated backbone: the teacher's for distillation arms), resu
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -21,12 +23,25 @@ from cion_ray.errors import CionError
 from cion_ray.pretrain.config import PretrainConfig
 
 METRICS = ("mAP", "mINP", "rank1", "rank5", "rank10")
+# bumped when what an arm trains or measures changes: older stored results are then not reused
+COMPARE_FORMAT = 1
+
+
+def resolve_profile(profile: str) -> str:
+    """A profile path as given, else relative to the repository (the default configs/small.yaml
+    from any working directory)."""
+    if Path(profile).is_file():
+        return str(Path(profile).resolve())
+    repo = Path(__file__).resolve().parents[2] / profile
+    if not Path(profile).is_absolute() and repo.is_file():
+        return str(repo)
+    raise CionError(f"profile {profile}: not found")
 
 
 def profile_config(cfg: CompareConfig) -> PretrainConfig:
     """The pre-training profile as one process runs it: the profile's total batch on one worker,
     in-process data loading."""
-    p = load_config(PretrainConfig, cfg.profile, list(cfg.overrides))
+    p = load_config(PretrainConfig, resolve_profile(cfg.profile), list(cfg.overrides))
     total = p.optim.batch_per_worker * p.scale.workers
     return replace(p, optim=replace(p.optim, batch_per_worker=total),
                    scale=replace(p.scale, workers=1, loader_workers=0))
@@ -47,6 +62,51 @@ def arm_pretrain_config(cfg: CompareConfig, arm: str, seed: int, out: str) -> Pr
     return replace(p, data=cfg.data, out=out, labels=labels, gt=cfg.gt if arm == "gt" else "",
                    init=cfg.imagenet if arm == "imagenet_curated" else "", seed=seed, eval_data=cfg.eval_data,
                    checkpoint_every=1, optim=optim)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _files_key(uris: list[str]) -> str:
+    """Names and (local files) sizes of a file list: which images, not where they were read from."""
+    import os
+
+    from cion_ray.io import fs
+
+    return _digest([(u.rsplit("/", 1)[-1], None if fs.is_remote(u) else os.path.getsize(u)) for u in uris])
+
+
+def inputs_key(cfg: CompareConfig, arm: str) -> dict:
+    """What an arm's result depends on besides settings: the curated output's manifest (a
+    re-curation into the same folder changes it), the held-out split's files, and for the arms
+    that use them the ground truth and the ImageNet weights."""
+    from cion_ray.evaluate.datasets import load_dataset
+    from cion_ray.io import fs
+
+    d = load_dataset(None, cfg.eval_data, with_train=cfg.finetune_steps > 0)
+    split = d.query.files + d.gallery.files + (d.train.files if d.train is not None else [])
+    key = {"curated": _digest(fs.read_json(fs.join(cfg.data, "_manifest.json"))), "eval": _files_key(split)}
+    if arm == "gt":
+        from cion_ray.curation.gt import gt_layout
+
+        folder, mapping = gt_layout(cfg.gt)
+        key["gt"] = _digest([sorted((mapping or {}).items()), _files_key(fs.list_files(folder, ("gt.txt",)))])
+    if arm.startswith("imagenet"):
+        key["imagenet"] = hashlib.sha256(fs.read_bytes(cfg.imagenet)).hexdigest()[:16]
+    return key
+
+
+def arm_fingerprint(cfg: CompareConfig, arm: str, seed: int) -> str:
+    """The settings and inputs an arm's stored result must match to be reused: the resolved
+    pre-training profile (not its file name: an edited profile is another run), the arm's own
+    configuration, the fine-tuning protocol, and inputs_key."""
+    p = asdict(profile_config(cfg))
+    for k in ("data", "out", "eval_data"):
+        p.pop(k)
+    own = arm_pretrain_config(cfg, arm, seed, "").fingerprint() if arm in PRETRAIN_ARMS else None
+    return _digest({"format": COMPARE_FORMAT, "arm": arm, "seed": seed, "profile": p, "arm_config": own,
+                    "finetune": [cfg.finetune_steps, cfg.finetune_lr], "inputs": inputs_key(cfg, arm)})
 
 
 def reestimate_bn(model: torch.nn.Module, images: list[bytes], size: tuple[int, int], batch: int = 64) -> None:
@@ -75,14 +135,14 @@ def _pretrain(cfg: CompareConfig, arm: str, seed: int, arm_dir: Path, device: st
     from cion_ray.zoo.factory import create_backbone
 
     pcfg = arm_pretrain_config(cfg, arm, seed, str(arm_dir))
-    history: list[dict] = []
-    train(pcfg, LocalContext(arm_dir, device), log=log, on_epoch=history.append)
+    train(pcfg, LocalContext(arm_dir, device), log=log)
     state = torch.load(arm_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     model = create_backbone(pcfg.model.arch, tuple(pcfg.views.global_size))
     model.load_state_dict(backbone_export(state))
     keep = ("epoch", "loss", "teacher_entropy", "kl", "teacher_mean_entropy", "feature_similarity", "eval_mAP",
             "eval_rank1")
-    return model, [{k: m[k] for k in keep if k in m} for m in history]
+    # every epoch, also those of an earlier process when the arm was resumed
+    return model, [{k: m[k] for k in keep if k in m} for m in state.get("history", [])]
 
 
 def _supervised(cfg: CompareConfig, seed: int, arm_dir: Path, device: str, log) -> torch.nn.Module:
@@ -124,12 +184,9 @@ def _finetuned_metrics(cfg: CompareConfig, backbone_file: Path, seed: int, arm_d
 
 def evaluate_backbone_on(model: torch.nn.Module, eval_data: str, size: tuple[int, int], device: str) -> dict:
     """kNN retrieval (cosine, flip-averaged features) of `model` on the held-out split."""
-    from cion_ray.evaluate.datasets import load_dataset
-    from cion_ray.evaluate.pipeline import EvaluateConfig, FeatureOptions, evaluate_model
+    from cion_ray.evaluate.reid import evaluate_backbone
 
-    dataset = load_dataset(None, eval_data, with_train=False)
-    ecfg = EvaluateConfig(features=FeatureOptions(size=tuple(size), device=device))
-    m = evaluate_model(model, dataset, ecfg, log=lambda s: None)["metrics"]
+    m = evaluate_backbone(model, eval_data, tuple(size), device=device).summary()
     return {k: float(m[k]) for k in METRICS if k in m}
 
 
@@ -141,13 +198,14 @@ def run_arm(cfg: CompareConfig, arm: str, seed: int, arm_dir: str | Path, device
     from cion_ray.zoo.checkpoints import RANDOM, load_backbone
 
     arm_dir = Path(arm_dir)
-    fingerprint = cfg.arm_fingerprint(arm, seed)
+    fingerprint = arm_fingerprint(cfg, arm, seed)
     done = arm_dir / "result.json"
     if done.exists():
         prev = fs.read_json(str(done))
         if prev.get("fingerprint") == fingerprint:
             return ArmResult(**prev)
-        raise CionError(f"{arm_dir}: holds a result of other settings; use another --out")
+        raise CionError(f"{arm_dir}: holds a result of other settings or inputs (fingerprint {prev.get('fingerprint')}, "
+                        f"now {fingerprint}); use another --out, or remove that arm's folder to run it again")
     arm_dir.mkdir(parents=True, exist_ok=True)
     before = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)

@@ -76,6 +76,9 @@ class PoolConfig:
     gpus_per_actor: float = -1.0  # < 0: 1 for timm embedders when the cluster has GPUs, else 0
 
 
+TIMM_PREPROCESS = "pil-bicubic/1"
+
+
 @dataclass
 class CurateConfig:
     crops: str = ""  # output of the track stage (folder or s3:// prefix with _manifest.json)
@@ -90,6 +93,10 @@ class CurateConfig:
     def embed_fingerprint(self) -> str:
         d = asdict(self.embed)
         d.pop("batch")
+        if self.embed.embedder.startswith("timm:"):
+            # the timm embedder's input pipeline (cion_ray.zoo.features: PIL bicubic resize; it was
+            # cv2 bilinear): embeddings cached under the old one are another feature space
+            d["preprocess"] = TIMM_PREPROCESS
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:

@@ -74,6 +74,7 @@ def train(cfg: FinetuneConfig, ctx: TrainContext, log: Callable[[str], None] = p
     """Fine-tune (or resume) on this worker; see the module doc. on_log(metrics): worker 0's hook
     at every report (metrics.json)."""
     o, rank, world, device = cfg.optim, ctx.rank, ctx.world_size, ctx.device
+    worker_started_at = time.time()  # wall-clock s: with each report's step_at, when this worker ran
     say = log if rank == 0 else (lambda m: None)
     full = D.load_train_set(cfg.data, cfg.data_fraction, cfg.seed, cfg.dataset)
     held_out = D.eval_dataset(cfg.data, cfg.eval.data, cfg.dataset) if cfg.eval.enabled and rank == 0 else None
@@ -165,7 +166,8 @@ def train(cfg: FinetuneConfig, ctx: TrainContext, log: Callable[[str], None] = p
         metrics = {"step": it, "epoch": it / ipe, "images": it * p * k * world,
                    **{name: float(s[i] / n) for i, name in enumerate(PARTS)}, "lr": float(lr[it - 1]),
                    "images_per_s": (it - it_mark) * p * k * world / max(now - t_mark, 1e-9),
-                   "eta_s": (total - it) * train_s / max(it - start_it, 1), "train_seconds": train_s, **common}
+                   "eta_s": (total - it) * train_s / max(it - start_it, 1), "train_seconds": train_s,
+                   "worker_started_at": worker_started_at, "step_at": time.time(), **common}
         sums.zero_()
         ckpt = None
         if rank == 0:

@@ -74,5 +74,6 @@ def claim_run_folder(out: str, run_file: str, fingerprint: str, config: dict, re
     prev = fs.read_json(uri).get("fingerprint")
     if prev != fingerprint:
         raise CionError(f"{out}: the run there has another configuration (fingerprint {prev}, now {fingerprint}); "
-                        "resume it with the same settings")
+                        "resume it with the same settings, or choose another --out (or remove that folder) to start "
+                        "afresh")
     return True

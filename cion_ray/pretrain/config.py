@@ -165,6 +165,9 @@ class PretrainConfig:
             raise ConfigError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
         if self.labels not in ("identity", "tracklet", "instance", "gt"):
             raise ConfigError(f"labels must be identity, tracklet, instance or gt, got {self.labels!r}")
+        if self.labels == "instance" and max(k for _, k in self.optim.k_steps) > 1:
+            raise ConfigError("labels=instance makes every image its own identity: K > 1 would only repeat each "
+                              f"image; use optim.k_schedule 0:1 (--k-schedule 0:1), got {self.optim.k_schedule}")
         if (self.labels == "gt") != bool(self.gt):
             raise ConfigError("labels=gt needs gt (a synthetic world or MOT folder), and gt needs labels=gt")
         if self.checkpoint_every < 1:

@@ -162,6 +162,10 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
             raise CionError("the checkpoint to resume from is not a cion-ray pre-training checkpoint")
         if state.get("arch") != cfg.model.arch:
             raise CionError(f"the checkpoint is of {state.get('arch')!r}, not {cfg.model.arch!r}")
+        if state.get("fingerprint", cfg.fingerprint()) != cfg.fingerprint():
+            raise CionError(f"the checkpoint to resume from was made with other settings (fingerprint "
+                            f"{state.get('fingerprint')}, now {cfg.fingerprint()}): resume with the same settings, "
+                            "or start the run in another folder")
         task.student.load_state_dict(state["student"])
         task.teacher.load_state_dict(state["teacher"])
         task.loss.load_state_dict(state["loss"])
@@ -169,12 +173,19 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         start_epoch, it = int(state["epoch"]), int(state["iteration"])
+        history = list(state.get("history") or [])
         eval_init = state.get("eval_init") or {}
+        if eval_init and state.get("eval_init_data") != cfg.eval_data:
+            # the initial weights are gone: figures of another split cannot stand beside this one's
+            if ctx.rank == 0:
+                log(f"the before-training retrieval was measured on {state.get('eval_init_data')}, not "
+                    f"{cfg.eval_data}: it is not reported for this run")
+            eval_init = {}
         if ctx.rank == 0:
             log(f"resumed at epoch {start_epoch}, iteration {it}")
 
     if state is None:
-        eval_init = {}
+        eval_init, history = {}, []
         if cfg.eval_data and ctx.rank == 0:
             eval_init = {f"{k}_init": v for k, v in evaluate_teacher(cfg, task, device, log).items()}
     sampler = IdentitySampler(data.labels, o.batch_per_worker, cfg.seed, ctx.rank)
@@ -250,14 +261,16 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
                    "images_per_s": steps * o.batch_per_worker * ctx.world_size / seconds,
                    "epoch_seconds": seconds, "identities": data.total_identities, "images": data.total_images,
                    "teacher_spread": spread}
-        last = epoch + 1 == o.epochs
         ckpt = None
-        if ctx.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or last):
-            if cfg.eval_data:
-                metrics.update(eval_init)
-                metrics.update(evaluate_teacher(cfg, task, device, log))
+        save = ctx.rank == 0 and ((epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == o.epochs)
+        if save and cfg.eval_data:
+            metrics.update(eval_init)
+            metrics.update(evaluate_teacher(cfg, task, device, log))
+        history.append(dict(metrics))
+        if save:
             ckpt = checkpoint_state(cfg, task, opt, scaler, epoch + 1, it)
-            ckpt["eval_init"] = eval_init
+            # every epoch's metrics so far: a resumed run's curves start at epoch 1
+            ckpt.update(eval_init=eval_init, eval_init_data=cfg.eval_data, history=list(history))
         if ctx.rank == 0:
             log(f"epoch {epoch + 1}/{o.epochs}  K {k}  loss {metrics['loss']:.4f} (teacher entropy "
                 f"{entropy:.3f} + KL {metrics['kl']:.3f})  lr {metrics['lr']:.2e}  "

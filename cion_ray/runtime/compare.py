@@ -31,27 +31,28 @@ def check_inputs(cfg: CompareConfig) -> tuple[int, int]:
     if not cfg.out or fs.is_remote(cfg.out):
         raise CionError(f"compare needs --out, a local or shared folder (every node writes its arms there), "
                         f"got {cfg.out!r}")
-    if not Path(cfg.profile).is_file():
-        raise CionError(f"profile {cfg.profile}: not found")
-    iters, batch = budget(cfg)
+    iters, batch = budget(cfg)  # the profile loads (a missing file or a bad key fails here)
     load_labels(cfg.data, "identity")
     load_dataset(None, cfg.eval_data, with_train=cfg.finetune_steps > 0)
     if "gt" in cfg.active_arms:
         load_labels(cfg.data, "gt", gt=cfg.gt)
-    if cfg.imagenet:
-        from cion_ray.zoo.checkpoints import read_checkpoint
+    if cfg.imagenet:  # the weights must fit the profile's backbone (mobilenetv2 for the shipped ones)
+        from cion_ray.compare.run import profile_config
+        from cion_ray.zoo.checkpoints import load_backbone
 
-        read_checkpoint(cfg.imagenet)
+        p = profile_config(cfg)
+        load_backbone(p.model.arch, cfg.imagenet, tuple(p.views.global_size))
     return iters, batch
 
 
 def _absolute(cfg: CompareConfig) -> CompareConfig:
     from dataclasses import replace
 
+    from cion_ray.compare.run import resolve_profile
     from cion_ray.pretrain.data import absolute
 
     return replace(cfg, data=absolute(cfg.data), eval_data=absolute(cfg.eval_data), gt=absolute(cfg.gt),
-                   imagenet=absolute(cfg.imagenet), out=absolute(cfg.out), profile=absolute(cfg.profile))
+                   imagenet=absolute(cfg.imagenet), out=absolute(cfg.out), profile=resolve_profile(cfg.profile))
 
 
 def _run_task(cfg: CompareConfig, arm: str, seed: int, device: str) -> ArmResult:

@@ -204,7 +204,15 @@ def run_protocol(cfg: FinetuneConfig, address: str | None = None, local: bool = 
         ensure_ray(address)
         log(f"data-efficiency protocol: {len(subs)} fractions at once (their trainers queue for the cluster)")
         fit = ray.remote(num_cpus=0)(_single)  # a task that drives one fraction's TorchTrainer
-        runs = ray.get([fit.remote(s, address, False, resume, print) for s in subs])
+        refs = [fit.remote(s, address, False, resume, print) for s in subs]
+        runs, failed = [], []
+        for s, ref in zip(subs, refs):  # every fraction runs to its end; the failures are reported together
+            try:
+                runs.append(ray.get(ref))
+            except Exception as e:  # a task's error arrives inside Ray's traceback: its message is enough
+                failed.append(f"fraction {s.data_fraction:g}: {root_message(e)}")
+        if failed:
+            raise CionError("; ".join(failed))
     else:
         runs, init = [], {}
         for s in subs:

@@ -20,7 +20,7 @@ import ray
 import torch
 
 from cion_ray.errors import CionError
-from cion_ray.io import fs
+from cion_ray.io import fs, runs
 from cion_ray.pretrain.config import PretrainConfig
 from cion_ray.runtime.session import cluster_gpus, ensure_ray, root_message
 
@@ -139,9 +139,9 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
 
         read_checkpoint(cfg.init)  # a missing or unreadable init fails here, naming the file
     if cfg.eval_data:
-        from cion_ray.evaluate.reid import read_market_split
+        from cion_ray.evaluate.datasets import load_dataset
 
-        read_market_split(cfg.eval_data)  # a missing or malformed split fails here, not after an epoch
+        load_dataset(None, cfg.eval_data, with_train=False)  # a missing or malformed split fails here
     check_backbone(cfg.model.arch)  # unknown names fail here, not on a worker
     table = load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt)  # bad data fails here too, with its name
     if table.crops and not cfg.crops:  # pin the crops a curated output points to, for the workers
@@ -151,19 +151,7 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     if len(kept) < cfg.scale.workers * per_batch:
         raise CionError(f"{cfg.data}: {len(kept)} identities (fraction {cfg.data_fraction}) are too few for "
                         f"{cfg.scale.workers} workers x {per_batch} identities per batch")
-    run_json = fs.join(cfg.out, "pretrain.json")
-    if fs.exists(run_json):
-        if not resume:
-            raise CionError(f"{cfg.out}: holds a pre-training run already; pass --resume to continue it, "
-                            "or choose another --out")
-        prev = fs.read_json(run_json)
-        if prev.get("fingerprint") != cfg.fingerprint():
-            raise CionError(f"{cfg.out}: the run there has another configuration (fingerprint "
-                            f"{prev.get('fingerprint')}, now {cfg.fingerprint()}); resume it with the same settings")
-    elif resume:
-        raise CionError(f"{cfg.out}: no pre-training run to resume there")
-    else:
-        fs.write_json(run_json, {"fingerprint": cfg.fingerprint(), "config": asdict(cfg)})
+    runs.claim_run_folder(cfg.out, "pretrain.json", cfg.fingerprint(), asdict(cfg), resume, "pre-training")
 
     ensure_ray(address)
     gpus = cfg.scale.gpus_per_worker
