@@ -23,8 +23,8 @@ import torch
 from cion_ray.errors import CionError
 from cion_ray.finetune.config import FinetuneConfig
 from cion_ray.io import fs
-from cion_ray.runtime.pretrain import CKPT_FILE, RUN_NAME, RayTrainContext, _storage
-from cion_ray.runtime.session import root_message
+from cion_ray.runtime.pretrain import CKPT_FILE, RUN_NAME, RayTrainContext
+from cion_ray.runtime.session import root_message, train_storage
 
 
 @dataclass
@@ -106,7 +106,7 @@ def _fit_on_ray(cfg: FinetuneConfig, address: str | None, log) -> dict:
 
     ensure_ray(address)
     gpus, per = _resources(cfg)
-    storage_path, storage_fs = _storage(cfg.out)
+    storage_path, storage_fs = train_storage(cfg.out)
     trainer = TorchTrainer(
         _worker_loop, train_loop_config={"cfg": asdict(cfg), "threads": cfg.threads or cfg.scale.cpus_per_worker},
         scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=gpus > 0, resources_per_worker=per),

@@ -22,7 +22,7 @@ import torch
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
 from cion_ray.pretrain.config import PretrainConfig
-from cion_ray.runtime.session import cluster_gpus, ensure_ray, root_message
+from cion_ray.runtime.session import cluster_gpus, ensure_ray, root_message, train_storage
 
 RUN_NAME = "train"
 CKPT_FILE = "checkpoint.pt"
@@ -112,14 +112,6 @@ class PretrainResult:
     seconds: float
 
 
-def _storage(out: str):
-    """(storage_path, storage_filesystem) for Ray Train."""
-    if fs.is_remote(out):
-        afs, path = fs.arrow_fs(out)
-        return path, afs
-    return str(Path(out).resolve()), None
-
-
 def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool = False,
                  log=print) -> PretrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -166,7 +158,7 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     if short and not cfg.scale.allow_pending:
         raise CionError(f"{cfg.scale.workers} workers need {' and '.join(short)}; use fewer workers or fewer "
                         "resources per worker, or --set scale.allow_pending=true on an autoscaling cluster")
-    storage_path, storage_fs = _storage(cfg.out)
+    storage_path, storage_fs = train_storage(cfg.out)
     trainer = TorchTrainer(
         _worker_loop,
         train_loop_config={"cfg": asdict(cfg), "threads": cfg.scale.cpus_per_worker},

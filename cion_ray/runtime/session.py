@@ -80,3 +80,16 @@ class RunLedger:
 
     def events(self) -> list[dict]:
         return list(self._events)
+
+
+def train_storage(out: str) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for a Ray Train RunConfig writing under out (a local
+    folder or an object-store URI)."""
+    from pathlib import Path
+
+    from cion_ray.io import fs
+
+    if fs.is_remote(out):
+        afs, path = fs.arrow_fs(out)
+        return path, afs
+    return str(Path(out).resolve()), None
