@@ -20,7 +20,7 @@ DEMO_COMPARE = ["optim.epochs=5", "optim.warmup_epochs=1"]
 DEMO_ARMS = "instance,tracklet,curated,random,random_bn,supervised"
 
 
-def pretrain(out: Path, workers: int) -> dict:
+def pretrain(out: Path, workers: int | None) -> dict:
     import json
 
     from cion_ray.config import load_config
@@ -28,8 +28,9 @@ def pretrain(out: Path, workers: int) -> dict:
     from cion_ray.runtime.pretrain import run_pretrain
 
     run = out / "pretrain"
-    cfg = load_config(PretrainConfig, SMALL, [f"data={out / 'curated'}", f"out={run}", f"scale.workers={workers}",
-                                              f"eval_data={out / 'world' / 'reid'}"])
+    cfg = load_config(PretrainConfig, SMALL, [f"data={out / 'curated'}", f"out={run}",
+                                              f"eval_data={out / 'world' / 'reid'}"]
+                      + ([f"scale.workers={workers}", "scale.cpus_per_worker=1"] if workers else []))
     done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else []
     if done and done[-1]["epoch"] == cfg.optim.epochs and (run / "export" / "teacher.pth").exists():
         return done[-1]
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/demo", help="output directory")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--actors", type=int, default=2, help="detector+tracker actors")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers for pre-training")
+    p.add_argument("--workers", type=int, default=None,
+                   help="Ray Train workers for pre-training, 1 CPU each (default: the small profile's one worker "
+                        "with 2 CPUs and the whole batch)")
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
@@ -120,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  chart     {out / 'compare' / 'compare.png'}  <- open this; curves: {out / 'compare' / 'curves.png'}")
     except CionError as e:
         print(f"demo: error: {e}", file=sys.stderr)
+        print(f"demo: a second run reuses what {out} holds; to start afresh, remove it "
+              f"({'make clean-demo' if out == Path('runs/demo') else f'rm -rf {out}'})", file=sys.stderr)
         return 2
     return 0
 

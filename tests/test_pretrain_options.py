@@ -544,6 +544,7 @@ def test_small_profile_is_what_its_notes_say():
     assert cfg.model.head_bn is True and cfg.optim.centering == "sinkhorn"
     assert cfg.optim.teacher_temp == 0.02 and cfg.optim.momentum_teacher == 0.95
     assert cfg.model.arch == "resnet18" and cfg.optim.k_schedule == "0:4"
+    assert (cfg.scale.workers, cfg.optim.batch_per_worker) == (1, 64)  # BatchNorm over the whole batch
     released = PretrainConfig()
     assert not released.model.head_bn and released.optim.centering == "center"  # the defaults stay released
     task = CIONTask(cfg)
