@@ -27,6 +27,13 @@ def _synth(args: argparse.Namespace) -> int:
     return 0
 
 
+
+def add_run_args(s: argparse.ArgumentParser, config_class: str, set_help: str = "override a config field") -> None:
+    """--address, --config and --set, as every Ray stage takes them."""
+    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
+    s.add_argument("--config", help=f"YAML file with {config_class} fields")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
+
 def add_track_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--videos", required=True, help="folder or s3:// prefix of videos (or one video file)")
     s.add_argument("--out", required=True, help="output folder or s3:// prefix")
@@ -43,9 +50,7 @@ def add_track_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--frame-step", type=int, help="track every n-th frame")
     s.add_argument("--target-fps", type=float, help="track at about this frame rate (overrides --frame-step)")
     s.add_argument("--overwrite", action="store_true", help="discard what is committed in --out first")
-    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--config", help="YAML file with TrackConfig fields")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_run_args(s, "TrackConfig")
 
 
 def track_config_from_args(args: argparse.Namespace):
@@ -97,9 +102,7 @@ def add_curate_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--gpus-per-actor", type=float, help="GPUs per embedding actor (default: 1 for timm with GPUs)")
     s.add_argument("--no-export", action="store_true", help="skip the CION-AL images and the Market-1501 folder")
     s.add_argument("--overwrite", action="store_true", help="discard what is in --out first")
-    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--config", help="YAML file with CurateConfig fields")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    add_run_args(s, "CurateConfig")
 
 
 def curate_config_from_args(args: argparse.Namespace):
@@ -160,10 +163,7 @@ def add_pretrain_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--eval-data", help="Market-style split (query/, bounding_box_test/): the teacher's "
                                        "CMC / mAP / mINP on it before training and at every checkpoint")
     s.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--config", help="YAML file with PretrainConfig fields")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set model.out_dim=4096")
+    add_run_args(s, "PretrainConfig", "override a config field, e.g. --set model.out_dim=4096")
 
 
 def pretrain_config_from_args(args: argparse.Namespace):
@@ -220,10 +220,7 @@ def add_evaluate_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--ray-above", type=int, help="extract with a Ray Data actor pool above this many images "
                                                  "(default 20000; 0: always)")
     s.add_argument("--out", help="write the result as JSON here (local or s3://)")
-    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--config", help="YAML file with EvaluateConfig fields")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set ranking.memory_mb=2048")
+    add_run_args(s, "EvaluateConfig", "override a config field, e.g. --set ranking.memory_mb=2048")
 
 
 def evaluate_config_from_args(args: argparse.Namespace):
@@ -296,10 +293,7 @@ def add_finetune_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--parallel", action="store_true", help="protocol on Ray: all fractions at once, as the "
                                                            "cluster has room")
     s.add_argument("--resume", action="store_true", help="continue the run in --out (finished fractions are kept)")
-    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--config", help="YAML file with FinetuneConfig fields")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set loss.label_smoothing=0")
+    add_run_args(s, "FinetuneConfig", "override a config field, e.g. --set loss.label_smoothing=0")
 
 
 def finetune_config_from_args(args: argparse.Namespace):
