@@ -60,13 +60,15 @@ def small_run(w: Path, out: Path) -> str:
     seconds = cli(["pretrain", "--config", "configs/small.yaml", "--data", str(w / "curated"),
                    "--eval-data", str(w / "world" / "reid"), "--out", str(out)])
     hist = json.loads((out / "metrics.json").read_text())
+    scale = json.loads((out / "pretrain.json").read_text())["config"]["scale"]
     out_dim = json.loads((out / "pretrain.json").read_text())["config"]["model"]["out_dim"]
     last = hist[-1]
     gain = last["eval_mAP"] - last["eval_mAP_init"]
     rows = "\n".join(f"| {m['epoch']} | {m['loss']:.3f} | {m['teacher_entropy']:.3f} | {m['kl']:.3f} | "
                      f"{m.get('eval_mAP', float('nan')):.3f} | {m.get('eval_rank1', float('nan')):.3f} |"
                      for m in hist)
-    return (f"`cion-ray pretrain --config configs/small.yaml` (2 Ray Train CPU workers) on {w / 'curated'}: "
+    return (f"`cion-ray pretrain --config configs/small.yaml` ({scale['workers']} Ray Train CPU "
+            f"worker(s) of {scale['cpus_per_worker']:g} CPUs) on {w / 'curated'}: "
             f"{last['identities']} identities, {last['images']} images; {last['iteration']} iterations in "
             f"{seconds:.0f} s end to end (Ray start-up included).\n\n"
             f"Held-out mAP (teacher, {w / 'world' / 'reid'}): **{last['eval_mAP_init']:.3f} at initialisation -> "
