@@ -82,10 +82,24 @@ def load_labels(data: str, labels: str = "identity", crops: str = "", gt: str = 
     if labels == "instance":
         m = fs.join(data, runs.MANIFEST) if data and not data.endswith(".json") else ""
         tracked = bool(m) and fs.exists(m) and fs.read_json(m).get("stage") == "track"
-        table = _load_labels(data, "tracklet" if tracked else "identity", crops, gt)
+        table = canonical(_load_labels(data, "tracklet" if tracked else "identity", crops, gt))
         return replace(table, identity=np.arange(len(table.keys), dtype=np.int64),
-                                   source=f"single instances of {table.source}")
-    return _load_labels(data, labels, crops, gt)
+                       source=f"single instances of {table.source}")
+    return canonical(_load_labels(data, labels, crops, gt))
+
+
+def canonical(table: LabelTable) -> LabelTable:
+    """Rows sorted by image key, identities renumbered 0.. in that order: a function of what the
+    data holds, not of the order its files were written in or of the numbers its identities
+    carry (a re-run of curation may write the same identities in another order, under other
+    numbers). The sampler, the data fraction and the shards follow from it, so the same data and
+    seed train the same run."""
+    order = np.asarray(sorted(range(len(table.keys)), key=table.keys.__getitem__), dtype=np.int64)
+    keys = table.keys[order]
+    _, first, inverse = np.unique(table.identity[order], return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return replace(table, keys=keys, identity=rank[inverse.reshape(-1)])
 
 
 def _load_labels(data: str, labels: str, crops: str, gt: str) -> LabelTable:
