@@ -138,7 +138,7 @@ def test_bad_inputs_fail_before_any_worker_starts(tmp_path, cion_al):
     with pytest.raises(CionError, match="too few"):
         run_pretrain(cfg_for(cion_al, tmp_path / "o", "scale.workers=2", "optim.batch_per_worker=40"),
                      log=lambda m: None)
-    with pytest.raises(CionError, match="no query/ folder"):
+    with pytest.raises(CionError, match="not a ReID dataset folder"):
         run_pretrain(cfg_for(cion_al, tmp_path / "o", f"eval_data={tmp_path}"), log=lambda m: None)
     with pytest.raises(CionError, match="no pre-training run to resume"):
         run_pretrain(cfg_for(cion_al, tmp_path / "fresh"), resume=True, log=lambda m: None)
