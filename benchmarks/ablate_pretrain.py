@@ -9,7 +9,7 @@ loss settings; `small` is configs/small.yaml's choices on the same base. Runs go
 
     python benchmarks/ablate_pretrain.py --curated runs/bench-compare/w0/curated \\
         --eval runs/bench-compare/w0/world/reid            # bench_compare.py makes these
-    python benchmarks/ablate_pretrain.py ... --only released,small
+    python benchmarks/ablate_pretrain.py ... --only "released;small"
 """
 from __future__ import annotations
 
@@ -93,10 +93,13 @@ def main() -> int:
     p.add_argument("--curated", required=True)
     p.add_argument("--eval", required=True, help="held-out Market-style split")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--only", help="comma-separated variant names")
+    p.add_argument("--only", help="variant names separated by ';' (names hold commas)")
     p.add_argument("--parallel", type=int, default=2)
     args = p.parse_args()
-    names = args.only.split(",") if args.only else list(VARIANTS)
+    names = [n.strip() for n in args.only.split(";")] if args.only else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {unknown}; known: {list(VARIANTS)}")
     with ThreadPoolExecutor(args.parallel) as pool:
         results = list(pool.map(lambda n: run(n, VARIANTS[n], args.curated, args.eval, args.seed), names))
     body = (f"Plain loop on {args.curated}, held-out split {args.eval}, seed {args.seed}. Base: "
