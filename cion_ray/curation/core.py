@@ -16,7 +16,7 @@ import numpy as np
 
 from cion_ray.curation.config import DenoiseConfig, LinkConfig
 from cion_ray.denoise.tracklet import normalize
-from cion_ray.denoise.video import l1_labels, video_denoise
+from cion_ray.denoise.video import cannot_link_pairs, l1_labels, video_denoise
 from cion_ray.errors import CionError
 from cion_ray.linking.ranges import range_key, sliding_ranges
 from cion_ray.linking.reduce import ReduceStats, reduce_relations
@@ -68,10 +68,14 @@ def check_unique(crop_ids: np.ndarray, where: str) -> None:
 
 
 def denoise_video_levels(v: VideoCrops, cfg: DenoiseConfig) -> VideoLevels:
-    """L1 and L2 of one video (invalid embeddings dropped and counted first)."""
+    """L1 and L2 of one video (invalid embeddings dropped and counted first).
+
+    The cannot-link between tracklets is read from every crop of the video, before invalid
+    embeddings and L1 drop any: tracklets seen in one frame are two people regardless."""
+    cannot = cannot_link_pairs(v.track_id, v.frame)
     v, invalid = clean_features(v)
     l1 = l1_labels(v.feats, v.track_id, cfg.radius, cfg.min_len)
-    res = video_denoise(v.feats, v.track_id, v.frame, cfg.radius, cfg.min_len, cfg.merge, cfg.margin)
+    res = video_denoise(v.feats, v.track_id, v.frame, cfg.radius, cfg.min_len, cfg.merge, cfg.margin, cannot)
     k = int(res.labels.max()) + 1 if len(res.labels) and res.labels.max() >= 0 else 0
     sums = np.zeros((k, v.feats.shape[1] if v.feats.ndim == 2 else 0), np.float64)
     counts = np.zeros(k, np.int64)

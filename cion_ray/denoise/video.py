@@ -5,6 +5,9 @@ Within one video: (1) L1 on every tracklet; (2) tracklets whose centroids are cl
 the same frame can never be one person (cannot-link, carried by merged groups); (3) each sample
 moves to the identity whose centroid it is closer to by more than `margin`, if that identity
 has no sample in its frame; (4) L1 again on the resulting identities.
+
+The cannot-link comes from every sample the tracker produced, before L1: two tracklets seen in
+one frame are two people even when L1 later drops the sample that showed it.
 """
 from __future__ import annotations
 
@@ -37,9 +40,35 @@ def cooccurrence(groups: np.ndarray, frames: np.ndarray, k: int) -> np.ndarray:
     return co
 
 
-def merge_tracklets(feats: np.ndarray, groups: np.ndarray, frames: np.ndarray, threshold: float
-                    ) -> tuple[np.ndarray, int]:
-    """Constrained centroid-linkage merging. groups: (n,) 0..k-1 -> ((n,) merged group ids 0..m-1, merges)."""
+def cannot_link_pairs(tracks: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """(r, 2) int64 pairs (a < b) of track ids present together in some frame. tracks, frames: (n,)."""
+    ids, tr = np.unique(tracks, return_inverse=True)
+    co = cooccurrence(tr, frames, len(ids))
+    a, b = np.nonzero(np.triu(co, 1))
+    return np.stack([ids[a], ids[b]], axis=1).astype(np.int64)
+
+
+def cannot_link_matrix(pairs: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(k, k) bool over `ids` (sorted track ids) from (r, 2) track-id pairs; pairs naming other ids are ignored."""
+    k = len(ids)
+    co = np.zeros((k, k), bool)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    if k == 0 or not len(pairs):
+        return co
+    pos = np.searchsorted(ids, pairs).clip(0, k - 1)
+    ok = (ids[pos] == pairs).all(axis=1)
+    a, b = pos[ok, 0], pos[ok, 1]
+    co[a, b] = co[b, a] = True
+    np.fill_diagonal(co, False)
+    return co
+
+
+def merge_tracklets(feats: np.ndarray, groups: np.ndarray, frames: np.ndarray, threshold: float,
+                    cannot: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Constrained centroid-linkage merging. groups: (n,) 0..k-1 -> ((n,) merged group ids 0..m-1, merges).
+
+    cannot: optional (k, k) bool, groups that are never one person, on top of those that share a
+    frame among the given samples."""
     k = int(groups.max()) + 1 if len(groups) else 0
     if k < 2:
         return groups.copy(), 0
@@ -47,6 +76,8 @@ def merge_tracklets(feats: np.ndarray, groups: np.ndarray, frames: np.ndarray, t
     np.add.at(sums, groups, feats)
     cent = normalize(sums)
     co = cooccurrence(groups, frames, k)
+    if cannot is not None:
+        co |= cannot
     dist = 1.0 - cent @ cent.T
     dist[co] = np.inf
     np.fill_diagonal(dist, np.inf)
@@ -107,9 +138,14 @@ def reallocate(feats: np.ndarray, labels: np.ndarray, frames: np.ndarray, margin
 
 
 def video_denoise(feats: np.ndarray, tracks: np.ndarray, frames: np.ndarray, radius: float, min_len: int,
-                  merge: float, margin: float) -> VideoDenoiseResult:
-    """L1 + L2 for one video. feats: (n, D) L2-normalised; tracks, frames: (n,) ints."""
+                  merge: float, margin: float, cannot_link: np.ndarray | None = None) -> VideoDenoiseResult:
+    """L1 + L2 for one video. feats: (n, D) L2-normalised; tracks, frames: (n,) ints.
+
+    cannot_link: (r, 2) track-id pairs that are never one person; by default the pairs present
+    together in a frame among all n samples (computed here, before L1 drops any)."""
     n = len(feats)
+    if cannot_link is None:
+        cannot_link = cannot_link_pairs(tracks, frames)
     stats = {"samples_in": n, "tracklets_in": int(len(np.unique(tracks)))}
     labels = np.full(n, -1, np.int64)
     _, tr = np.unique(tracks, return_inverse=True)
@@ -123,8 +159,8 @@ def video_denoise(feats: np.ndarray, tracks: np.ndarray, frames: np.ndarray, rad
         stats.update(merged=0, reallocated=0, l2_samples_dropped=0, identities_out=0, samples_out=0)
         return VideoDenoiseResult(labels, stats)
     f, fr = feats[idx], frames[idx]
-    _, g = np.unique(tr[idx], return_inverse=True)
-    g, merges = merge_tracklets(f, g, fr, merge)
+    kept_tracks, g = np.unique(tracks[idx], return_inverse=True)
+    g, merges = merge_tracklets(f, g, fr, merge, cannot_link_matrix(cannot_link, kept_tracks))
     g, moved = reallocate(f, g, fr, margin)
     keep2 = denoise_groups(f, g, radius, min_len)
     _, final = np.unique(g[keep2], return_inverse=True)
