@@ -9,6 +9,8 @@ from cion_ray.curation.config import DenoiseConfig
 from cion_ray.curation.core import VideoCrops, denoise_video_levels
 from cion_ray.denoise.tracklet import normalize
 from cion_ray.denoise.video import cannot_link_pairs, video_denoise
+from cion_ray.linking.reduce import reduce_relations
+from cion_ray.linking.union_find import UnionFind
 
 D = 16
 BASES = normalize(np.random.default_rng(0).normal(size=(8, D)))
@@ -64,3 +66,62 @@ def test_l2_cannot_link_carries_over_merges():
     assert r.labels[12] == -1
     assert r.stats["merged"] == 1
     assert r.labels[0] != r.labels[13]
+
+
+# --- (b) the anti-chaining guard uses sample-weighted centroids throughout ----------------------------
+
+def _component_ok(members: np.ndarray, videos: np.ndarray, sums: np.ndarray, drift: float) -> bool:
+    c = normalize(sums[members].sum(0))
+    cent = normalize(sums[members])
+    return len(set(videos[members].tolist())) == len(members) and (1 - cent @ c).max() <= drift + 1e-9
+
+
+def test_guard_splits_component_that_drifts_from_its_weighted_centroid():
+    # a large identity and a small one 0.2 apart: each lies 0.05 from their unweighted midpoint, but
+    # the component's embedding (sample-weighted) sits by the large one, ~0.18 from the small one
+    a, b = BASES[0], BASES[1]
+    u0 = normalize(a)
+    t = 0.0
+    while 1 - u0 @ normalize(a + t * b) < 0.2:
+        t += 0.001
+    u1 = normalize(a + t * b)
+    sums = np.stack([100 * u0, 5 * u1])
+    rel = np.array([[0, 1, 1 - u0 @ u1]])
+    labels, stats = reduce_relations(UnionFind(2).union_many(rel[:, :2]), rel, np.array([0, 1]), sums, drift=0.1)
+    assert labels[0] != labels[1]
+    assert stats.components_split == 1 and stats.unions_refused == 1
+
+
+def test_guard_does_not_flag_component_whose_weighted_centroid_holds_it():
+    # two large identities either side of the centre and a small one beside the right one: the
+    # unweighted centroid leans right (the left one looks too far), the weighted one does not
+    a, b = BASES[0], BASES[1]
+    left, right = normalize(a - 0.3 * b), normalize(a + 0.3 * b)
+    sums = np.stack([100 * left, 100 * right, 1 * right])
+    c_w = normalize(sums.sum(0))
+    c_u = normalize(normalize(sums).sum(0))
+    drift = 0.5 * ((1 - left @ c_w) + (1 - left @ c_u))
+    assert (1 - normalize(sums) @ c_w).max() < drift < 1 - left @ c_u
+    rel = np.array([[1, 2, 0.0], [0, 1, 1 - left @ right]])
+    labels, stats = reduce_relations(UnionFind(3).union_many(rel[:, :2]), rel, np.arange(3), sums, drift=drift)
+    assert len(set(labels.tolist())) == 1
+    assert stats.components_split == 0 and stats.unions_refused == 0
+
+
+def test_every_reduced_component_keeps_both_rules_under_weighted_centroids():
+    # random chains over identities of very different sizes (before the fix, 7 of these 100
+    # ended with a component the weighted centroid does not hold)
+    rng = np.random.default_rng(7)
+    for trial in range(100):
+        n = 12
+        cent = normalize(BASES[0] + rng.normal(0, 0.15, size=(n, D)))
+        sums = cent * np.exp(rng.uniform(0, np.log(500), size=(n, 1)))
+        videos = rng.integers(0, 6, size=n)
+        pairs = np.array([(i, j) for i in range(n) for j in range(i + 1, n) if videos[i] != videos[j]])
+        pairs = pairs[rng.random(len(pairs)) < 0.3]
+        rel = np.concatenate([pairs, (1 - np.einsum("nd,nd->n", cent[pairs[:, 0]], cent[pairs[:, 1]]))[:, None]],
+                             axis=1)
+        drift = 0.1
+        labels, _ = reduce_relations(UnionFind(n).union_many(rel[:, :2]), rel, videos, sums, drift)
+        for lab in np.unique(labels):
+            assert _component_ok(np.flatnonzero(labels == lab), videos, sums, drift), trial

@@ -5,6 +5,9 @@ people. Components are therefore checked: two identities from the same video nev
 component (the L2 cannot-link carries over), and no member's centroid may lie farther than
 `drift` from the component's centroid. A component that breaks either rule is rebuilt from its
 own relations, most similar first, admitting only the unions that keep both rules.
+
+A component's centroid is sample-weighted (the normalised sum of its members' feature sums),
+what an identity's embedding means everywhere else; the check and the rebuild both use it.
 """
 from __future__ import annotations
 
@@ -24,9 +27,11 @@ class ReduceStats:
     unions_refused: int
 
 
-def violating_components(labels: np.ndarray, videos: np.ndarray, cent: np.ndarray, drift: float) -> np.ndarray:
+def violating_components(labels: np.ndarray, videos: np.ndarray, sums: np.ndarray, cent: np.ndarray,
+                         drift: float) -> np.ndarray:
     """Component labels (of `labels`, (n,) ints) that hold two identities of one video or a member
-    farther than `drift` from the component centroid. Vectorised over all components."""
+    farther than `drift` from the component's sample-weighted centroid. sums: (n, D) feature sums
+    of the identities, cent: (n, D) their normalised centroids. Vectorised over all components."""
     n = len(labels)
     if n == 0:
         return np.zeros(0, np.int64)
@@ -35,9 +40,9 @@ def violating_components(labels: np.ndarray, videos: np.ndarray, cent: np.ndarra
     pairs = np.unique(labels.astype(np.int64) * (int(videos.max()) + 1) + videos)
     distinct_videos = np.bincount(pairs // (int(videos.max()) + 1), minlength=k)
     bad = size != distinct_videos
-    sums = np.zeros((k, cent.shape[1]), np.float64)
-    np.add.at(sums, labels, cent)
-    c = normalize(sums)
+    total = np.zeros((k, sums.shape[1]), np.float64)
+    np.add.at(total, labels, sums)
+    c = normalize(total)
     far = np.zeros(k)
     np.maximum.at(far, labels, 1.0 - np.einsum("nd,nd->n", cent, c[labels]))
     bad |= (far > drift) & (size > 1)
@@ -82,7 +87,7 @@ def reduce_relations(uf: UnionFind, relations: np.ndarray, videos: np.ndarray, s
     roots = uf.roots()
     labels = roots.copy()
     comp = np.unique(roots, return_inverse=True)[1]
-    bad = violating_components(comp, videos, cent, drift)
+    bad = violating_components(comp, videos, sums, cent, drift)
     checked = int((np.bincount(comp) > 1).sum()) if n else 0
     refused = 0
     if len(bad):
