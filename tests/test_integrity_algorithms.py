@@ -3,7 +3,10 @@ produced, the anti-chaining guard tests and rebuilds with one (sample-weighted) 
 tracker's lost-track buffer is a duration whatever the frame step."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import pytest
 
 from cion_ray.curation.config import DenoiseConfig
 from cion_ray.curation.core import VideoCrops, denoise_video_levels
@@ -11,6 +14,9 @@ from cion_ray.denoise.tracklet import normalize
 from cion_ray.denoise.video import cannot_link_pairs, video_denoise
 from cion_ray.linking.reduce import reduce_relations
 from cion_ray.linking.union_find import UnionFind
+from cion_ray.tracking.config import CropConfig, TrackerConfig
+from cion_ray.tracking.manifest import Chunk
+from cion_ray.tracking.tracker import make_tracker, process_chunk
 
 D = 16
 BASES = normalize(np.random.default_rng(0).normal(size=(8, D)))
@@ -125,3 +131,33 @@ def test_every_reduced_component_keeps_both_rules_under_weighted_centroids():
         labels, _ = reduce_relations(UnionFind(n).union_many(rel[:, :2]), rel, videos, sums, drift)
         for lab in np.unique(labels):
             assert _component_ok(np.flatnonzero(labels == lab), videos, sums, drift), trial
+
+
+# --- (c) the lost-track buffer is a duration, whatever the frame step --------------------------------
+
+@pytest.mark.parametrize("kind", ["bytetrack", "botsort"])
+@pytest.mark.parametrize("step", [1, 2, 3, 4, 7])
+def test_tracker_buffer_scales_with_frame_step(kind, step):
+    tr = make_tracker(TrackerConfig(kind=kind, track_buffer=30), step)
+    assert tr.max_frames_lost == math.ceil(30 / step)  # the tracker runs at fps / step
+
+
+def _chunk(n: int, step: int) -> Chunk:
+    return Chunk("v", "/x/v.mp4", 25.0, n, 320, 240, 0, 1, 0, 0, n, step)
+
+
+@pytest.mark.parametrize("step", [1, 2, 4])
+@pytest.mark.parametrize("gap,ids", [(60, 2), (20, 1)])
+def test_lost_track_buffer_counts_source_frames(step, gap, ids):
+    """One still person, out of sight for `gap` source frames. track_buffer=30 source frames: a
+    60-frame absence ends the track, a 20-frame one does not, at every frame step."""
+    n = 80 + gap
+    box = np.array([[100, 60, 140, 180, 0.9]], np.float32)
+
+    def detect(imgs, idx):
+        return [box if not 40 <= i < 40 + gap else np.zeros((0, 5), np.float32) for i in idx]
+
+    img = np.zeros((240, 320, 3), np.uint8)
+    frames = ((i, img) for i in range(0, n, step))
+    res = process_chunk(_chunk(n, step), frames, detect, TrackerConfig(track_buffer=30), CropConfig(min_track_len=1))
+    assert len(set(res.track_id)) == ids, (step, gap, sorted(set(res.track_id)))

@@ -41,13 +41,25 @@ class Detections:
         return Detections(np.concatenate([self.xyxy[idx], self.conf[idx, None]], axis=1))
 
 
-def make_tracker(cfg: TrackerConfig):
-    """A fresh ultralytics BYTETracker or BOTSORT with the given settings."""
+def sampled_buffer(track_buffer: int, step: int) -> int:
+    """`track_buffer` source frames as a number of sampled frames when every `step`-th frame is
+    tracked: rounded up, so a lost track is kept at least as long as at the full frame rate."""
+    return -(-int(track_buffer) // max(1, int(step)))
+
+
+def make_tracker(cfg: TrackerConfig, step: int = 1):
+    """A fresh ultralytics BYTETracker or BOTSORT with the given settings, for a stream of every
+    `step`-th frame.
+
+    `track_buffer` counts frames of the source video (a duration: track_buffer / fps seconds).
+    The pinned ultralytics trackers take no frame rate (they keep a lost track `track_buffer`
+    updates), so the buffer is handed to them in sampled frames: the tracker sees fps / step."""
     from ultralytics.trackers.bot_sort import BOTSORT
     from ultralytics.trackers.byte_tracker import BYTETracker
     from ultralytics.utils import IterableSimpleNamespace
 
     args = asdict(cfg)
+    args["track_buffer"] = sampled_buffer(cfg.track_buffer, step)
     kind = args.pop("kind")
     args["tracker_type"] = kind
     if kind == "botsort":
@@ -152,7 +164,7 @@ def process_chunk(chunk: Chunk, frames: Iterable[tuple[int, np.ndarray]], detect
     """Track one chunk. `frames` yields (0-based index, rgb) for the chunk's sampled frames in order."""
     t0 = time.perf_counter()
     expected = len(range(-(-chunk.start // chunk.step) * chunk.step, chunk.stop, chunk.step))
-    tracker = make_tracker(tracker_cfg)
+    tracker = make_tracker(tracker_cfg, chunk.step)
     res = ChunkResult()
     for i, img, dets, rows in track_frames(frames, detect, tracker, batch):
         res.frames_decoded += 1
