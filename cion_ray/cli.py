@@ -133,10 +133,14 @@ def curate_config_from_args(args: argparse.Namespace):
 def _curate(args: argparse.Namespace) -> int:
     from cion_ray.runtime.curate import run_curate
 
-    r = run_curate(curate_config_from_args(args), overwrite=args.overwrite, address=args.address)
+    cfg = curate_config_from_args(args)
+    r = run_curate(cfg, overwrite=args.overwrite, address=args.address)
     print(f"curated {r.report['videos']} videos in {r.seconds:.1f}s: {r.identities} identities, {r.samples} images")
     print(f"  identities: {r.out}/identities (Parquet; read through {r.out}/_manifest.json)")
-    print(f"  exports:    {r.out}/cion_al.json, {r.out}/market/bounding_box_train")
+    if cfg.export_market:
+        print(f"  exports:    {r.out}/cion_al.json, {r.out}/market/bounding_box_train")
+    else:
+        print("  exports:    none (--no-export)")
     print(f"  report:     {r.out}/report.txt   contact sheet: {r.out}/sheet.png")
     return 0
 

@@ -71,9 +71,17 @@ class LinkConfig:
 
 @dataclass
 class PoolConfig:
+    """The embedding actor pool: `actors` actors with these resources each."""
+
     actors: int = 1
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = -1.0  # < 0: 1 for timm embedders when the cluster has GPUs, else 0
+
+    def __post_init__(self):
+        # checked here, so a bad value stops the command before Ray starts
+        if self.actors < 1 or not self.cpus_per_actor > 0:
+            raise ConfigError(f"pool: need actors >= 1 and cpus_per_actor > 0, got {self.actors} and "
+                              f"{self.cpus_per_actor}")
 
 
 TIMM_PREPROCESS = "pil-bicubic/1"

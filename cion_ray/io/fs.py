@@ -2,10 +2,14 @@
 
 S3 endpoints and credentials come from the standard AWS environment
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, instance
-roles); nothing here reaches the network until a file is opened.
+roles); nothing here reaches the network until a file is opened. Nothing here
+creates a bucket (`_S3FileSystem`); a storage failure becomes a one-line
+`CionError` that says when credentials were refused and carries no secret
+(`storage_error`, `redact`).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import posixpath
@@ -13,16 +17,120 @@ from pathlib import Path
 
 import fsspec
 import pyarrow.fs as pafs
+import s3fs
 
 from cion_ray.errors import CionError
+
+_S3_PROTOCOLS = ("s3://", "s3a://")
+
+# Environment values that must never reach a log, report, written config or message.
+SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN")
+
+# S3 error codes that mean the credentials were refused, stale or missing.
+_AUTH_CODES = {"403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+               "ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired",
+               "InvalidSecurity", "RequestExpired", "UnrecognizedClientException"}
+_NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError")
+_TOKEN_CODES = {"ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired"}
 
 
 def is_remote(uri: str) -> bool:
     return "://" in str(uri) and not str(uri).startswith("file://")
 
 
+# --- errors ------------------------------------------------------------------------------------
+
+def redact(text: str) -> str:
+    """`text` with the values of `SECRET_VARS` (those of 8 characters or more) replaced by ***."""
+    for var in SECRET_VARS:
+        value = os.environ.get(var, "")
+        if len(value) >= 8:
+            text = text.replace(value, "***")
+    return text
+
+
+def _chain(e: BaseException | None):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def _s3_code(e: BaseException) -> str:
+    """The S3 error code behind `e` (s3fs keeps botocore's ClientError as the cause), or ''."""
+    for x in _chain(e):
+        resp = getattr(x, "response", None)
+        if isinstance(resp, dict):
+            err = resp.get("Error") or {}
+            return str(err.get("Code") or (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode") or "")
+    return ""
+
+
+def _auth_problem(e: BaseException) -> str | None:
+    """What went wrong with the credentials, with a hint, when that is what `e` is about; else None."""
+    if any(type(x).__name__ in _NO_CREDENTIALS for x in _chain(e)):
+        return "no usable credentials (set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or use an instance role)"
+    code = _s3_code(e)
+    if code not in _AUTH_CODES and (code or not any(isinstance(x, PermissionError) for x in _chain(e))):
+        return None
+    what = "access denied" if code in ("", "403", "AccessDenied") else f"access denied, {code}"
+    token = " / AWS_SESSION_TOKEN" if code in _TOKEN_CODES else ""
+    return f"{what} (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY{token} or the instance role)"
+
+
+def _bucket_uri(uri: str) -> str:
+    proto, rest = str(uri).split("://", 1)
+    return f"{proto}://{rest.split('/', 1)[0]}"
+
+
+def storage_error(uri: str | Path, e: BaseException, doing: str) -> CionError:
+    """One line for a failed storage operation on `uri`: refused credentials and a missing bucket
+    say so; anything else reads `<uri>: <doing> (<reason>)`. Secrets are redacted."""
+    uri = str(uri)
+    if is_remote(uri):
+        auth = _auth_problem(e)
+        if auth:
+            return CionError(redact(f"{uri}: {auth}"))
+        if uri.startswith(_S3_PROTOCOLS) and (_s3_code(e) == "NoSuchBucket" or "no such bucket" in str(e)):
+            return CionError(redact(f"{_bucket_uri(uri)}: no such bucket"))
+    reason = (e.strerror if isinstance(e, OSError) and e.strerror else str(e)) or type(e).__name__
+    return CionError(redact(f"{uri}: {doing} ({reason})"))
+
+
+# --- filesystems -------------------------------------------------------------------------------
+
+class _S3FileSystem(s3fs.S3FileSystem):
+    """s3fs that never creates a bucket. s3fs's mkdir / makedirs create a missing bucket, and
+    pyarrow's create_dir (so Ray Data's write_parquet and Ray Train's storage) calls mkdir: a typo
+    in an output URI created a bucket on the account. Objects need no folders, so mkdir here only
+    checks that the bucket exists."""
+
+    async def _mkdir(self, path, acl=False, create_parents=True, **kwargs):
+        bucket, key, _ = self.split_path(self._strip_protocol(path).rstrip("/"))
+        await self._check_bucket(bucket)
+        if not key:
+            raise FileExistsError(errno.EEXIST, f"s3://{bucket}: bucket exists")
+
+    mkdir = s3fs.core.sync_wrapper(_mkdir)  # s3fs binds its own _mkdir here
+
+    async def _check_bucket(self, bucket: str) -> None:
+        """FileNotFoundError naming the bucket when it does not exist; other errors (credentials)
+        propagate as s3fs raises them."""
+        known = self.__dict__.setdefault("_buckets_seen", set())
+        if bucket in known:
+            return
+        try:
+            await self._call_s3("head_bucket", Bucket=bucket)
+        except FileNotFoundError:
+            raise FileNotFoundError(errno.ENOENT, f"s3://{bucket}: no such bucket") from None
+        known.add(bucket)
+
+    check_bucket = s3fs.core.sync_wrapper(_check_bucket)
+
+
 def _storage_options(uri: str) -> dict:
-    if str(uri).startswith("s3://"):
+    if str(uri).startswith(_S3_PROTOCOLS):
         opts: dict = {}
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
@@ -34,6 +142,9 @@ def _storage_options(uri: str) -> dict:
 def get_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for a local path or URI."""
     uri = str(uri)
+    if uri.startswith(_S3_PROTOCOLS):
+        s3 = _S3FileSystem(**_storage_options(uri))
+        return s3, s3._strip_protocol(uri)
     try:
         fs, path = fsspec.core.url_to_fs(uri, **_storage_options(uri))
     except (ImportError, ValueError) as e:
@@ -58,12 +169,32 @@ def join(uri: str | Path, *parts: str) -> str:
     return str(Path(uri, *parts))
 
 
+def check_output(uri: str | Path) -> None:
+    """Fail before any work when `uri` cannot take a stage's output: a local folder is created and
+    write-tested; an s3:// prefix needs an existing bucket (never created) that accepts the
+    credentials. CionError: "s3://bucket: no such bucket", "...: access denied; check ...", ..."""
+    uri = str(uri)
+    if not is_remote(uri):
+        makedirs(uri)
+        return
+    fs, _ = get_fs(uri)
+    if not isinstance(fs, _S3FileSystem):
+        return  # other object stores: their own errors on first write
+    bucket = _bucket_uri(uri)
+    try:
+        fs.check_bucket(bucket.split("://", 1)[1])
+    except FileNotFoundError:
+        raise CionError(f"{bucket}: no such bucket") from None
+    except Exception as e:
+        raise storage_error(uri, e, "cannot check") from None
+
+
 def exists(uri: str | Path) -> bool:
     fs, path = get_fs(uri)
     try:
         return fs.exists(path)
     except Exception as e:  # network / permission problems are the user's to see
-        raise CionError(f"{uri}: cannot check ({e})") from None
+        raise storage_error(uri, e, "cannot check") from None
 
 
 def read_bytes(uri: str | Path) -> bytes:
@@ -74,7 +205,7 @@ def read_bytes(uri: str | Path) -> bytes:
     except FileNotFoundError:
         raise CionError(f"{uri}: not found") from None
     except Exception as e:
-        raise CionError(f"{uri}: cannot read ({e})") from None
+        raise storage_error(uri, e, "cannot read") from None
 
 
 def read_text(uri: str | Path) -> str:
@@ -96,8 +227,8 @@ def write_bytes_atomic(uri: str | Path, data: bytes) -> None:
         tmp = Path(path).with_name(f".{Path(path).name}.partial")
         tmp.write_bytes(data)
         os.replace(tmp, path)
-    except OSError as e:
-        raise CionError(f"{uri}: cannot write ({e.strerror or e})") from None
+    except Exception as e:  # OSError locally; s3fs / botocore errors remotely
+        raise storage_error(uri, e, "cannot write") from None
 
 
 def write_json(uri: str | Path, obj) -> None:
@@ -112,9 +243,11 @@ def read_json(uri: str | Path):
 
 
 def makedirs(uri: str | Path) -> None:
+    """Create a local folder and check it is writable; for s3:// check the bucket (`check_output`)."""
     fs, path = get_fs(uri)
     if is_remote(str(uri)):
-        return  # object stores have no directories
+        check_output(uri)  # object stores have no folders; the bucket must exist
+        return
     try:
         fs.makedirs(path, exist_ok=True)
         probe = Path(path) / f".write-test-{os.getpid()}"
@@ -131,6 +264,8 @@ def remove_tree(uri: str | Path) -> None:
             fs.rm(path, recursive=True)
     except FileNotFoundError:
         pass
+    except Exception as e:
+        raise storage_error(uri, e, "cannot remove") from None
 
 
 def list_files(uri: str | Path, suffixes: tuple[str, ...] = ()) -> list[str]:
@@ -146,7 +281,7 @@ def list_files(uri: str | Path, suffixes: tuple[str, ...] = ()) -> list[str]:
     except CionError:
         raise
     except Exception as e:
-        raise CionError(f"{uri}: cannot list ({e})") from None
+        raise storage_error(uri, e, "cannot list") from None
     if suffixes:
         found = [p for p in found if p.lower().endswith(suffixes)]
     if is_remote(str(uri)):
@@ -163,7 +298,7 @@ def open_input(uri: str | Path):
     except FileNotFoundError:
         raise CionError(f"{uri}: not found") from None
     except Exception as e:
-        raise CionError(f"{uri}: cannot open ({e})") from None
+        raise storage_error(uri, e, "cannot open") from None
 
 
 def local_copy(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
@@ -178,14 +313,14 @@ def local_copy(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
     fs, path = get_fs(uri)
     try:
         info = fs.info(path)
+        tag = str(info.get("ETag") or info.get("etag") or info.get("size", "")).strip('"')
+        dest = cache / f"{tag}-{posixpath.basename(path)}"
+        if not dest.exists():
+            tmp = dest.with_name(f".{dest.name}.partial")
+            fs.get(path, str(tmp))
+            os.replace(tmp, dest)
     except FileNotFoundError:
         raise CionError(f"{uri}: not found") from None
     except Exception as e:
-        raise CionError(f"{uri}: cannot read ({e})") from None
-    tag = str(info.get("ETag") or info.get("etag") or info.get("size", "")).strip('"')
-    dest = cache / f"{tag}-{posixpath.basename(path)}"
-    if not dest.exists():
-        tmp = dest.with_name(f".{dest.name}.partial")
-        fs.get(path, str(tmp))
-        os.replace(tmp, dest)
+        raise storage_error(uri, e, "cannot read") from None
     return dest

@@ -11,6 +11,7 @@ import configparser
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -63,8 +64,32 @@ def format_det(rows: list[tuple[int, float, float, float, float, float]]) -> str
     return buf.getvalue()
 
 
-def _parse(path: str | Path, text: str, min_cols: int) -> tuple[list[list[float]], list[str]]:
-    """Parse comma-separated rows; malformed lines are returned as messages naming file and line."""
+# Frames beyond this cannot be a video's (2^31 frames is over two years at 30 fps); larger values
+# would also wrap when frames become int64 indices.
+MAX_FRAME = 2 ** 31 - 1
+
+
+def _check_row(vals: list[float], min_cols: int) -> None:
+    """Raise ValueError (the reason) unless the first `min_cols` values make a usable row:
+    finite, frame a positive integer, box of positive width and height whose far corner,
+    computed in float64, is finite and beyond its origin."""
+    if len(vals) < min_cols:
+        raise ValueError(f"{len(vals)} fields, need >= {min_cols}")
+    if not np.all(np.isfinite(vals[:min_cols])):
+        raise ValueError("non-finite value")
+    if not 1 <= vals[0] <= MAX_FRAME or vals[0] != int(vals[0]):
+        raise ValueError("frame is not a positive integer")
+    if vals[4] <= 0 or vals[5] <= 0:
+        raise ValueError("box width/height must be > 0")
+    x2, y2 = vals[2] + vals[4], vals[3] + vals[5]
+    if not (np.isfinite(x2) and np.isfinite(y2) and x2 > vals[2] and y2 > vals[3]):
+        raise ValueError("box corner overflows or equals its origin")  # e.g. left=1e308, or 1e20 + 1
+
+
+def _parse(path: str | Path, text: str, min_cols: int,
+           check: Callable[[list[float]], None] | None = None) -> tuple[list[list[float]], list[str]]:
+    """Parse comma-separated rows; malformed lines (unparsable, or refused by `_check_row` or
+    `check`, which raise ValueError with the reason) are returned as messages naming file and line."""
     good, bad = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -72,19 +97,32 @@ def _parse(path: str | Path, text: str, min_cols: int) -> tuple[list[list[float]
             continue
         try:
             vals = [float(p) for p in line.split(",")]
-            if len(vals) < min_cols:
-                raise ValueError(f"{len(vals)} fields, need >= {min_cols}")
-            if not np.all(np.isfinite(vals[:min_cols])):
-                raise ValueError("non-finite value")
-            if vals[0] < 1 or vals[0] != int(vals[0]):
-                raise ValueError("frame is not a positive integer")
-            if vals[4] <= 0 or vals[5] <= 0:
-                raise ValueError("box width/height must be > 0")
+            _check_row(vals, min_cols)
+            if check is not None:
+                check(vals)
         except ValueError as e:
             bad.append(f"{path}:{lineno}: {e}: {line[:80]!r}")
             continue
         good.append(vals)
     return good, bad
+
+
+def _check_det(vals: list[float]) -> None:
+    if not 0.0 <= vals[6] <= 1.0:
+        raise ValueError(f"score {vals[6]:g} outside [0, 1]")
+
+
+def _check_gt(vals: list[float]) -> None:
+    """Flags and class must be finite; a pedestrian's visibility lies in [0, 1]. Rows of other
+    classes are ignored, so their visibility is not checked (MOT15 files carry -1 there)."""
+    extra = vals[6:9]
+    if not np.all(np.isfinite(extra)):
+        raise ValueError("non-finite value")
+    cls = vals[7] if len(vals) > 7 else 1.0
+    if cls == 1 and len(vals) > 8 and not 0.0 <= vals[8] <= 1.0:
+        raise ValueError(f"visibility {vals[8]:g} outside [0, 1]")
+    if vals[1] != int(vals[1]):
+        raise ValueError("track id is not an integer")
 
 
 def _read_text(path: str | Path, text: str | None, what: str) -> str:
@@ -97,8 +135,12 @@ def _read_text(path: str | Path, text: str | None, what: str) -> str:
 
 
 def read_detections(path: str | Path, text: str | None = None) -> tuple[np.ndarray, list[str]]:
-    """det.txt -> ((n, 6) float64 [frame, x1, y1, x2, y2, score], malformed-line messages)."""
-    rows, bad = _parse(path, _read_text(path, text, "detections"), 7)
+    """det.txt -> ((n, 6) float64 [frame, x1, y1, x2, y2, score], malformed-line messages).
+
+    A line is malformed (reported and skipped) when it does not parse, has fewer than 7 fields,
+    a non-finite value, a frame that is not a positive integer, a box without positive width and
+    height, or a score outside [0, 1]."""
+    rows, bad = _parse(path, _read_text(path, text, "detections"), 7, _check_det)
     out = np.array([[r[0], r[2], r[3], r[2] + r[4], r[3] + r[5], r[6]] for r in rows], np.float64)
     return out.reshape(-1, 6), bad
 
@@ -106,8 +148,10 @@ def read_detections(path: str | Path, text: str | None = None) -> tuple[np.ndarr
 def read_gt(path: str | Path, text: str | None = None) -> tuple[np.ndarray, list[str]]:
     """gt.txt -> ((n, 8) float64 [frame, id, x1, y1, x2, y2, consider, visibility], bad lines).
 
-    Only pedestrians are kept (class 1, or rows without a class column)."""
-    rows, bad = _parse(path, _read_text(path, text, "ground truth"), 6)
+    Only pedestrians are kept (class 1, or rows without a class column). Malformed lines (as in
+    `read_detections`, plus a non-integer track id or a pedestrian's visibility outside [0, 1])
+    are reported and skipped."""
+    rows, bad = _parse(path, _read_text(path, text, "ground truth"), 6, _check_gt)
     out = []
     for r in rows:
         consider = r[6] if len(r) > 6 else 1.0

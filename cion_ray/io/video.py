@@ -254,6 +254,11 @@ def probe_video(source: str | Path | BinaryIO, name: str | None = None) -> Video
             raise CionError(f"{name}: no video stream (an empty or zero-frame file)")
         s = c.streams.video[0]
         fps = float(s.average_rate or s.guessed_rate or 0) or 25.0
+        if s.time_base and fps * float(s.time_base) > 1 + 1e-6:
+            # more than one frame per timestamp tick: frames would share indices (iter_frames
+            # numbers frames by timestamp), e.g. 1,000,000 fps stored in a 1/1000 s time base
+            raise CionError(f"{name}: frame rate {fps:g} is finer than the time base {s.time_base}; "
+                            "frames cannot be told apart")
         frames = int(s.frames or 0)
         if frames <= 0:
             try:
@@ -272,7 +277,8 @@ def iter_frames(source: str | Path | BinaryIO, start: int = 0, stop: int | None 
 
     Seeks to the keyframe before `start` and decodes forward; frame indices come
     from presentation timestamps, so a chunk decodes to the same frames as a full
-    pass. A decode error mid-stream raises CionError naming the video.
+    pass. Indices strictly increase: a frame whose timestamp rounds onto the index
+    already given is dropped. A decode error mid-stream raises CionError naming the video.
     """
     name = name or str(source)
     if step < 1:
@@ -290,9 +296,12 @@ def iter_frames(source: str | Path | BinaryIO, start: int = 0, stop: int | None 
             try:
                 c.seek(target, stream=s, backward=True, any_frame=False)
             except av.error.FFmpegError:
-                c.seek(0, stream=s)
+                try:
+                    c.seek(0, stream=s)
+                except av.error.FFmpegError as e:
+                    raise CionError(f"{name}: cannot seek to frame {start} ({e})") from None
         try:
-            seq = 0
+            seq, last = 0, -1
             for frame in c.decode(s):
                 if frame.pts is None:
                     idx = seq if start == 0 else None
@@ -301,6 +310,9 @@ def iter_frames(source: str | Path | BinaryIO, start: int = 0, stop: int | None 
                 else:
                     idx = int(round(float((frame.pts - t0) * tb) * fps))
                 seq += 1
+                if idx <= last:
+                    continue  # a timestamp that rounds onto the previous frame's index (variable frame rate)
+                last = idx
                 if idx < start:
                     continue
                 if stop is not None and idx >= stop:

@@ -98,8 +98,10 @@ class PoolConfig:
     gpus_per_actor: float = -1.0
 
     def __post_init__(self):
-        if self.actors < 1 or self.cpus_per_actor < 0:
-            raise ConfigError("pool: need actors >= 1 and cpus_per_actor >= 0")
+        # checked here, so a bad value stops the command before Ray starts
+        if self.actors < 1 or not self.cpus_per_actor > 0:
+            raise ConfigError(f"pool: need actors >= 1 and cpus_per_actor > 0, got {self.actors} and "
+                              f"{self.cpus_per_actor}")
 
 
 @dataclass
