@@ -474,7 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except CionError as e:
-        print(f"cion-ray {args.command}: error: {e}", file=sys.stderr)
+        from cion_ray.io.fs import redact  # a message built from a library's error may carry a key
+
+        print(f"cion-ray {args.command}: error: {redact(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cion-ray {args.command}: interrupted", file=sys.stderr)

@@ -10,6 +10,7 @@ import sys
 
 from cion_ray.cli import add_curate_args, curate_config_from_args
 from cion_ray.errors import CionError
+from cion_ray.io.fs import redact
 from cion_ray.runtime.curate import run_curate
 
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         r = run_curate(curate_config_from_args(args), overwrite=args.overwrite, address=args.address)
     except CionError as e:
-        print(f"curate: error: {e}", file=sys.stderr)
+        print(f"curate: error: {redact(str(e))}", file=sys.stderr)
         return 2
     print(f"curated {r.report['videos']} videos: {r.identities} identities, {r.samples} images; "
           f"report at {r.out}/report.txt")

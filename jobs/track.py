@@ -10,6 +10,7 @@ import sys
 
 from cion_ray.cli import add_track_args, track_config_from_args
 from cion_ray.errors import CionError
+from cion_ray.io.fs import redact
 from cion_ray.runtime.track import run_track
 
 
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = run_track(track_config_from_args(args), overwrite=args.overwrite, address=args.address)
     except CionError as e:
-        print(f"track: error: {e}", file=sys.stderr)
+        print(f"track: error: {redact(str(e))}", file=sys.stderr)
         return 2
     print(f"tracked {len(result.videos_done)} videos: {result.tracklets} tracklets, {result.crops} crops; "
           f"skipped {len(result.skipped)}; report at {result.out}/report.txt")
