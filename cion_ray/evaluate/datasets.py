@@ -76,6 +76,19 @@ DUKE = NameStyle("DukeMTMC-reID-style PPPP_cC_fFFFFFFF.jpg", re.compile(r"^(-1|\
 CUHK03NP = NameStyle("CUHK03-NP-style PPPP_cC_N.png", re.compile(r"^(-1|\d{4})_c(\d)_\d+\.(?:png|jpg)$"))
 
 
+def inside_path(path: str) -> str | None:
+    """`path`, a name read from a data file (a CION-AL JSON, an MSMT17 list), as a normalised path
+    relative to the folder it names files in; None where it is not one that stays inside it: an
+    absolute path, a URI (s3://, file://), a '..' out of the folder, the folder itself, empty, or
+    holding a NUL. Lexical only: a symbolic link inside the folder is the folder owner's choice."""
+    if not path or "\x00" in path or "://" in path or path.startswith("/"):
+        return None
+    rel = posixpath.normpath(path)
+    if rel in (".", "..") or rel.startswith("../"):
+        return None
+    return rel
+
+
 def read_folder(folder: str, style: NameStyle, keep_distractors: bool) -> ImageSet:
     """The images of one folder with the identity and camera in their names; junk (-1) dropped,
     distractors (0) kept only if asked. Names that do not follow `style` are an error naming
@@ -136,24 +149,32 @@ def load_cuhk03np(root: str, with_train: bool = True, cuhk03_protocol: str = "de
 MSMT17_VERSIONS = {"V1": ("train", "test"), "V2": ("mask_train_v2", "mask_test_v2")}
 
 
+MSMT17_PID = re.compile(r"^(?:-1|\d+)$")  # -1: junk, as in the Market convention
+
+
 def read_list(list_file: str, image_dir: str) -> ImageSet:
-    """An MSMT17 list file: lines `<relative path> <pid>`, camera = third `_` field of the name."""
+    """An MSMT17 list file: lines `<relative path> <pid>`, camera = third `_` field of the name.
+    The path must stay inside `image_dir` and the pid be a decimal integer: a line naming
+    ../../etc/passwd, or pid 5.0, is an error naming the list file and the line."""
     files, pids, cams = [], [], []
     for n, line in enumerate(fs.read_text(list_file).splitlines(), 1):
         if not line.strip():
             continue
         parts = line.split()
         try:
-            if len(parts) != 2:
+            if len(parts) != 2 or not MSMT17_PID.match(parts[1]):
                 raise ValueError
             rel, pid = parts[0], int(parts[1])
             cam = int(posixpath.basename(rel).split("_")[2])
         except (ValueError, IndexError):
             raise CionError(f"{list_file}: line {n} is not `<id>/<id>_<n>_<camera>_<...>.jpg <id>`: "
                             f"{line.strip()[:80]!r}") from None
+        inside = inside_path(rel)
+        if inside is None:
+            raise CionError(f"{list_file}: line {n}: {rel[:80]!r} is not a path inside {image_dir}")
         if pid < 0:
             continue
-        files.append(fs.join(image_dir, *rel.split("/")))
+        files.append(fs.join(image_dir, *inside.split("/")))
         pids.append(pid)
         cams.append(cam)
     if not files:

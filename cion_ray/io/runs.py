@@ -58,16 +58,14 @@ def committed_files(out: str, stage: str) -> list[str]:
     return [fs.join(out, f) for r in m["runs"] for f in r["files"]]
 
 
-def claim_run_folder(out: str, run_file: str, fingerprint: str, config: dict, resume: bool, what: str) -> bool:
-    """The start of a training run in `out`: record `run_file` ({"fingerprint", "config"}) there,
-    or, with `resume`, check that the run already there has the same fingerprint. A run already
-    there without `resume`, or `resume` with none there, is a CionError naming `out`.
-    Returns whether a run was there (True: resuming)."""
+def check_run_folder(out: str, run_file: str, fingerprint: str, resume: bool, what: str) -> bool:
+    """Whether a training run may start in `out`, writing nothing: without `resume`, no `run_file`
+    there; with it, one of the same fingerprint. Otherwise a CionError naming `out`.
+    Returns whether a run is there (True: resuming)."""
     uri = fs.join(out, run_file)
     if not fs.exists(uri):
         if resume:
             raise CionError(f"{out}: no {what} run to resume there")
-        fs.write_json(uri, {"fingerprint": fingerprint, "config": config})
         return False
     if not resume:
         raise CionError(f"{out}: holds a {what} run already; pass --resume to continue it, or choose another --out")
@@ -77,3 +75,15 @@ def claim_run_folder(out: str, run_file: str, fingerprint: str, config: dict, re
                         "resume it with the same settings, or choose another --out (or remove that folder) to start "
                         "afresh")
     return True
+
+
+def claim_run_folder(out: str, run_file: str, fingerprint: str, config: dict, resume: bool, what: str) -> bool:
+    """The start of a training run in `out`: check_run_folder, then record `run_file`
+    ({"fingerprint", "config"}) when starting afresh. Claim only once every other check of the run
+    has passed: a refused run must leave nothing behind, or the same command, fixed, could neither
+    start afresh (a run is there) nor resume it (another fingerprint).
+    Returns whether a run was there (True: resuming)."""
+    if check_run_folder(out, run_file, fingerprint, resume, what):
+        return True
+    fs.write_json(fs.join(out, run_file), {"fingerprint": fingerprint, "config": config})
+    return False

@@ -3,7 +3,9 @@
 - a curated output (curate stage: identities Parquet, images from the crops Parquet it curated);
 - a tracking output (track stage), with labels="tracklet": every tracklet its own identity,
   the tracklet-level baseline;
-- a CION-AL JSON ([{"file_path", "id"}], paths relative to the JSON's folder), the released format.
+- a CION-AL JSON ([{"file_path", "id"}], paths relative to the JSON's folder), the released format;
+  every path must stay inside that folder and every id be a non-negative integer, one per file
+  (checked on the driver, before any worker starts: see cion_al_entries).
 
 `labels="tracklet"` on a curated output uses its (video, tracklet) pairs as identities instead;
 `labels="instance"` makes every image its own identity (the instance-level DINO baseline).
@@ -154,15 +156,53 @@ def _from_json(uri: str, labels: str) -> LabelTable:
                         "ground truth); use --labels identity")
     if not fs.exists(uri):
         raise CionError(f"training data {uri}: not found")
-    try:
-        entries = fs.read_json(uri)
-        paths = [str(e["file_path"]) for e in entries]
-        ident = np.asarray([int(e["id"]) for e in entries], dtype=np.int64)
-    except (TypeError, KeyError, ValueError) as e:
-        raise CionError(f"{uri}: not a CION-AL JSON (a list of {{\"file_path\", \"id\"}}): {e}") from None
+    keys, ident = cion_al_entries(uri, fs.read_json(uri))
+    return LabelTable("files", np.asarray(keys, dtype=object), ident, source=f"CION-AL {uri}")
+
+
+MAX_ID = 2 ** 63 - 1  # identities are int64
+
+
+def _brief(x) -> str:
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def cion_al_entries(uri: str, entries) -> tuple[list[str], np.ndarray]:
+    """The entries of the CION-AL JSON at `uri` (parsed), checked -> (image URIs under the JSON's
+    folder, (N,) int64 identities). `entries` must be a non-empty list of {"file_path", "id"}:
+    file_path relative to the JSON's folder and staying inside it (no absolute path, no URI, no
+    '..' out of it: a JSON is data, and must not make a worker read /etc/passwd or another bucket);
+    id a non-negative integer (not a bool, a string or a float); one id per file. Anything else is
+    a one-line CionError naming `uri`, the entry and the problem."""
+    from cion_ray.evaluate.datasets import inside_path
+
+    if not isinstance(entries, list):
+        raise CionError(f"{uri}: not a CION-AL JSON: expected a list of {{\"file_path\", \"id\"}}, "
+                        f"got {type(entries).__name__}")
+    if not entries:
+        raise CionError(f"{uri}: the CION-AL JSON lists no images")
+    paths: list[str] = []
+    ids: list[int] = []
+    first: dict[str, int] = {}  # path -> the entry that named it first
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or "file_path" not in e or "id" not in e:
+            raise CionError(f"{uri}: not a CION-AL JSON: entry {i} is not a {{\"file_path\", \"id\"}} object: "
+                           f"{_brief(e)}")
+        path, pid = e["file_path"], e["id"]
+        rel = inside_path(path) if isinstance(path, str) else None
+        if rel is None:
+            raise CionError(f"{uri}: entry {i}: file_path {_brief(path)} is not a path inside the JSON's folder "
+                            "(relative, without '..' out of it)")
+        if type(pid) is not int or not 0 <= pid <= MAX_ID:  # type(): True is an int to isinstance
+            raise CionError(f"{uri}: entry {i}: id {_brief(pid)} is not a non-negative integer")
+        j = first.setdefault(rel, i)
+        if j != i and ids[j] != pid:
+            raise CionError(f"{uri}: entry {i}: {rel} has id {pid}, but entry {j} gave it id {ids[j]}")
+        paths.append(rel)
+        ids.append(pid)
     base = uri.rsplit("/", 1)[0] if "/" in uri else "."
-    keys = np.asarray([p if fs.is_remote(p) or p.startswith("/") else fs.join(base, p) for p in paths], dtype=object)
-    return LabelTable("files", keys, ident, source=f"CION-AL {uri}")
+    return [fs.join(base, p) for p in paths], np.asarray(ids, dtype=np.int64)
 
 
 BOX = ["x1", "y1", "x2", "y2"]

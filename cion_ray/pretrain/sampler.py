@@ -24,6 +24,27 @@ def identities_per_batch(batch_size: int, k: int) -> int:
     return max(1, batch_size // k)
 
 
+def identities_short(n_identities: int, batch_size: int, k: int) -> int:
+    """How many distinct identities a worker holding `n_identities` lacks to draw a batch at K:
+    the sampler's one requirement (an identity with fewer than K images is drawn with replacement,
+    so each fills a group, and P of them fill a batch). 0: none."""
+    return max(0, identities_per_batch(batch_size, k) - n_identities)
+
+
+def worker_shortfall(identities: np.ndarray, world_size: int, seed: int, batch_size: int,
+                     ks: list[int]) -> tuple[int, int, int, int] | None:
+    """The sampler's requirement checked before any worker starts: every rank's shard
+    (shard_identities of `identities`, the identity ids kept) at every K in `ks`.
+    -> (rank, K, P, identities of that rank) of the first shortfall, smallest K first; None when
+    every worker can draw its batches at every K."""
+    held = [len(shard_identities(identities, world_size, rank, seed)) for rank in range(world_size)]
+    for k in sorted(ks):
+        for rank, n in enumerate(held):
+            if identities_short(n, batch_size, k):
+                return rank, k, identities_per_batch(batch_size, k), n
+    return None
+
+
 class IdentitySampler:
     """labels: (N,) identity of each local image. batches(epoch, k, n) -> n lists of B = P * K
     local image indices."""
@@ -42,7 +63,7 @@ class IdentitySampler:
 
     def _pass(self, rng: np.random.Generator, k: int) -> list[list[int]]:
         p = identities_per_batch(self.batch_size, k)
-        if len(self.groups) < p:
+        if identities_short(len(self.groups), self.batch_size, k):
             raise ValueError(f"a batch needs {p} distinct identities (batch {self.batch_size}, K {k}) "
                              f"but this worker has {len(self.groups)}: lower the batch size or use fewer workers")
         pools: list[list[np.ndarray]] = []

@@ -39,3 +39,9 @@ def k_at_epoch(k_schedule: list[tuple[float, int]], epochs: int, epoch: int) -> 
         if epoch >= start:
             k = kk
     return int(k)
+
+
+def k_values(k_schedule: list[tuple[float, int]], epochs: int) -> list[int]:
+    """The distinct K a run of `epochs` epochs trains at, ascending (a step that starts at or
+    after the last epoch is never reached)."""
+    return sorted({k_at_epoch(k_schedule, epochs, e) for e in range(epochs)})

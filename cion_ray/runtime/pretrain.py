@@ -25,6 +25,7 @@ from cion_ray.pretrain.config import PretrainConfig
 from cion_ray.runtime.session import cluster_gpus, ensure_ray, root_message, train_storage
 
 RUN_NAME = "train"
+RUN_FILE = "pretrain.json"
 CKPT_FILE = "checkpoint.pt"
 
 
@@ -103,6 +104,40 @@ def _worker_loop(config: dict) -> None:
             log.close()
 
 
+def _check_inputs(cfg: PretrainConfig) -> PretrainConfig:
+    """Everything a worker would read, read or checked on the driver first: the init weights, the
+    evaluation split, the backbone name, the training data, and that every worker's shard can fill
+    its P x K batches at every K of the run (the sampler's own rule). A failure is a CionError
+    naming the input, before Ray starts. -> cfg with the crops of a curated output pinned."""
+    from cion_ray.pretrain.data import absolute, load_labels, select_identities
+    from cion_ray.pretrain.sampler import worker_shortfall
+    from cion_ray.pretrain.schedules import k_values
+    from cion_ray.zoo.factory import check_backbone
+
+    if cfg.init:
+        from cion_ray.zoo.checkpoints import read_checkpoint
+
+        read_checkpoint(cfg.init)  # a missing or unreadable init fails here, naming the file
+    if cfg.eval_data:
+        from cion_ray.evaluate.datasets import load_dataset
+
+        load_dataset(None, cfg.eval_data, with_train=False)  # a missing or malformed split fails here
+    check_backbone(cfg.model.arch)  # unknown names fail here, not on a worker
+    table = load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt)  # bad data fails here too, with its name
+    if table.crops and not cfg.crops:  # pin the crops a curated output points to, for the workers
+        cfg = replace(cfg, crops=absolute(table.crops))
+    kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
+    o, workers = cfg.optim, cfg.scale.workers
+    short = worker_shortfall(kept, workers, cfg.seed, o.batch_per_worker, k_values(o.k_steps, o.epochs))
+    if short is not None:
+        rank, k, p, held = short
+        raise CionError(f"{cfg.data}: {len(kept)} identities (fraction {cfg.data_fraction}) are too few for "
+                        f"{workers} worker(s) x {o.batch_per_worker} images per batch: at K {k} a batch holds "
+                        f"{p} identities and worker {rank} has {held}; use a smaller batch, fewer workers, "
+                        "or more data")
+    return cfg
+
+
 @dataclass
 class PretrainResult:
     out: str
@@ -117,34 +152,18 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from cion_ray.pretrain.data import absolute, load_labels, select_identities
+    from cion_ray.pretrain.data import absolute
     from cion_ray.pretrain.export import write_exports
-    from cion_ray.pretrain.sampler import identities_per_batch
-    from cion_ray.zoo.factory import check_backbone
 
     if not cfg.out:
         raise CionError("pre-training needs an output (--out)")
     cfg = replace(cfg, data=absolute(cfg.data), out=absolute(cfg.out), crops=absolute(cfg.crops),
                   eval_data=absolute(cfg.eval_data), gt=absolute(cfg.gt), init=absolute(cfg.init))
-    if cfg.init:
-        from cion_ray.zoo.checkpoints import read_checkpoint
-
-        read_checkpoint(cfg.init)  # a missing or unreadable init fails here, naming the file
-    if cfg.eval_data:
-        from cion_ray.evaluate.datasets import load_dataset
-
-        load_dataset(None, cfg.eval_data, with_train=False)  # a missing or malformed split fails here
-    check_backbone(cfg.model.arch)  # unknown names fail here, not on a worker
-    table = load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt)  # bad data fails here too, with its name
-    if table.crops and not cfg.crops:  # pin the crops a curated output points to, for the workers
-        cfg = replace(cfg, crops=absolute(table.crops))
-    kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
-    per_batch = identities_per_batch(cfg.optim.batch_per_worker, max(k for _, k in cfg.optim.k_steps))
-    if len(kept) < cfg.scale.workers * per_batch:
-        raise CionError(f"{cfg.data}: {len(kept)} identities (fraction {cfg.data_fraction}) are too few for "
-                        f"{cfg.scale.workers} workers x {per_batch} identities per batch")
-    runs.claim_run_folder(cfg.out, "pretrain.json", cfg.fingerprint(), asdict(cfg), resume, "pre-training")
-
+    # every check before the run folder is claimed: a refused run leaves nothing behind, so the
+    # same command, fixed, can start afresh (a claimed folder would need --resume, and a fixed
+    # command has another fingerprint)
+    cfg = _check_inputs(cfg)
+    runs.check_run_folder(cfg.out, RUN_FILE, cfg.fingerprint(), resume, "pre-training")  # before Ray starts
     ensure_ray(address)
     gpus = cfg.scale.gpus_per_worker
     if gpus < 0:
@@ -158,6 +177,8 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     if short and not cfg.scale.allow_pending:
         raise CionError(f"{cfg.scale.workers} workers need {' and '.join(short)}; use fewer workers or fewer "
                         "resources per worker, or --set scale.allow_pending=true on an autoscaling cluster")
+    runs.claim_run_folder(cfg.out, RUN_FILE, cfg.fingerprint(), asdict(cfg), resume, "pre-training")
+
     storage_path, storage_fs = train_storage(cfg.out)
     trainer = TorchTrainer(
         _worker_loop,
