@@ -143,7 +143,7 @@ class LoopbackCluster:
         self.wait_nodes(sum(n.alive() for n in self.nodes))
         return node
 
-    def state(self, what: str) -> list[dict]:
+    def state(self, what: str) -> list[dict] | None:
         """Rows of the state API (`actors`, `nodes`, `tasks`) over the head's dashboard, with this
         cluster's token: the test process itself never joins the cluster (one ray.init per process,
         and other test modules of the session run their own local Ray)."""
@@ -152,17 +152,20 @@ class LoopbackCluster:
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 body = json.loads(r.read())
-        except (OSError, ValueError):  # dashboard not up yet, or busy
-            return []
+        except (OSError, ValueError):  # dashboard not up yet, or busy: unknown, not "none"
+            return None
         return body.get("data", {}).get("result", {}).get("result", [])
 
     def alive_nodes(self) -> list[dict]:
-        return [n for n in self.state("nodes") if n.get("state") == "ALIVE"]
+        return [n for n in self.state("nodes") or [] if n.get("state") == "ALIVE"]
 
-    def actors(self, udf: str, state: str = "ALIVE") -> list[dict]:
+    def actors(self, udf: str, state: str = "ALIVE") -> list[dict] | None:
         """Actors whose class or repr names `udf` (Ray Data's pool actors are `_MapWorker`s whose
-        repr is `MapWorker(MapBatches(<udf>))`)."""
-        return [a for a in self.state("actors") if a.get("state") == state
+        repr is `MapWorker(MapBatches(<udf>))`); None when the state API did not answer."""
+        rows = self.state("actors")
+        if rows is None:
+            return None
+        return [a for a in rows if a.get("state") == state
                 and (udf in (a.get("class_name") or "") or udf in (a.get("repr_name") or ""))]
 
     def node_of(self, node_id: str) -> "Node":

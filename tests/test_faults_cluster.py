@@ -46,6 +46,8 @@ def cluster(tmp_path_factory):
         c.add_worker(WORKER_CPUS)
         yield c
     finally:
+        for job in Job.started:  # a test that failed half-way leaves no driver behind
+            job.kill()
         c.stop()
 
 
@@ -59,13 +61,15 @@ def full_cluster(cluster):
 
 class Job:
     """A stage's job entry point run as a driver attached to the cluster, in its own process group."""
+    started: list["Job"] = []
 
-    def __init__(self, cluster: LoopbackCluster, argv: list[str], log: Path):
+    def __init__(self, cluster: LoopbackCluster, argv: list[str], log: Path, **env: str):
         self.log = log
         self.cluster = cluster
         self.proc = subprocess.Popen([sys.executable, *argv, "--address", cluster.address], cwd=ROOT,
-                                     env=cluster.env(), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
+                                     env=cluster.env(**env), stdout=open(log, "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        Job.started.append(self)
 
     def running(self) -> bool:
         return self.proc.poll() is None
@@ -106,7 +110,7 @@ def wait_actors(cluster: LoopbackCluster, job: Job, udf: str, n: int = 1) -> lis
     def ready():
         assert job.running(), f"{job.log.name} ended before its {udf} actors were seen:\n{job.text()[-4000:]}"
         got = cluster.actors(udf)
-        return got if len(got) >= n else None
+        return got if got and len(got) >= n else None
     return wait_for(ready, RUN_TIMEOUT, f"{n} {udf} actor(s) ALIVE")
 
 
@@ -115,8 +119,11 @@ def victim_node(cluster: LoopbackCluster, job: Job, udf: str):
     ledger is its own test), or None while there is none yet. Never the head: it holds the GCS and
     the driver (and, with no CPUs, no pool actor or Train worker)."""
     assert job.running(), f"{job.log.name} ended before a node to lose was seen:\n{job.text()[-4000:]}"
-    spared = {cluster.nodes[0].node_id} | {a["node_id"] for a in cluster.actors("RunLedger")}
-    return next((cluster.node_of(a["node_id"]) for a in cluster.actors(udf) if a["node_id"] not in spared), None)
+    ledgers, actors = cluster.actors("RunLedger"), cluster.actors(udf)
+    if ledgers is None or actors is None:
+        return None
+    spared = {cluster.nodes[0].node_id} | {a["node_id"] for a in ledgers}
+    return next((cluster.node_of(a["node_id"]) for a in actors if a["node_id"] not in spared), None)
 
 
 def kill_pid(pid: int) -> None:
@@ -266,8 +273,10 @@ def test_embedding_survives_a_killed_pool_actor(full_cluster, undisturbed, tmp_p
 def test_embedding_survives_a_lost_worker_node(full_cluster, undisturbed, tmp_path):
     out = tmp_path / "curated"
     job = Job(full_cluster, curate_argv(undisturbed / "crops", out), tmp_path / "curate.log")
-    victim = wait_for(lambda: victim_node(full_cluster, job, "EmbedActor"), RUN_TIMEOUT,
-                      "an embedding actor on a worker node")
+    # once the crops' Parquet footers are listed: Ray Data 2.60 lists them with FooterReader actors
+    # that do not survive their node (a loss during listing fails the read: see the report)
+    victim = wait_for(lambda: full_cluster.actors("FooterReader") == [] and victim_node(full_cluster, job, "EmbedActor"),
+                      RUN_TIMEOUT, "an embedding actor on a worker node, the listing done")
     assert not (out / "embeddings" / "_manifest.json").exists()
     victim.kill()
     job.ok()
@@ -292,51 +301,90 @@ def test_curate_driver_killed_and_resubmitted(full_cluster, undisturbed, tmp_pat
 
 # ---------------------------------------------------------------- linking
 
-# jobs/curate.py with the range task wrapped: the first attempt to claim the flag file kills its
-# own worker process (a crash, as an OOM kill or a lost node would); the wrapper is defined in
-# __main__, so it travels to the workers by value.
-FLAKY_CURATE = '''
-import os, sys
+# A job entry point run with one piece of the stage wrapped so that its first attempt crashes its
+# own worker process (as an OOM kill or a lost node would) at a chosen point. One attempt wins the
+# flag file (unlink is atomic), leaves FLAG.crashed, and exits. The wrappers are defined in the
+# driver's __main__, so they travel to the workers by value.
+FAIL_ONCE = """
+import os, runpy, sys
 sys.path.insert(0, os.getcwd())
-import cion_ray.runtime.curate as curate
-
 FLAG = os.environ["CION_TEST_FAIL_ONCE"]
+
+
+def crash_once():
+    try:
+        os.unlink(FLAG)
+    except FileNotFoundError:
+        return
+    open(FLAG + ".crashed", "w").write(str(os.getpid()))
+    os._exit(1)
+"""
+
+RANGE_TASK_CRASHES = FAIL_ONCE + """
+import cion_ray.runtime.curate as curate
 _original = curate._ranges_task
 
 
 def flaky_ranges_task(*args, **kwargs):
-    try:
-        os.unlink(FLAG)  # one attempt wins the flag
-    except FileNotFoundError:
-        return _original(*args, **kwargs)
-    open(FLAG + ".crashed", "w").write(str(os.getpid()))
-    os._exit(1)
+    crash_once()  # before computing: the task's worker dies mid-linking
+    return _original(*args, **kwargs)
 
 
 curate._ranges_task = flaky_ranges_task
 sys.argv = ["jobs/curate.py"] + sys.argv[1:]
-import runpy
 runpy.run_path("jobs/curate.py", run_name="__main__")
-'''
+"""
+
+ACTOR_DIES_AFTER_ITS_CHUNK = FAIL_ONCE + """
+import cion_ray.runtime.track as track
+
+
+class FlakyTrackActor(track.TrackActor):
+    def __call__(self, batch):
+        yield from super().__call__(batch)
+        crash_once()  # the chunk's rows are out and its "done" event recorded; the task never returns
+
+
+track.TrackActor = FlakyTrackActor
+sys.argv = ["jobs/track.py"] + sys.argv[1:]
+runpy.run_path("jobs/track.py", run_name="__main__")
+"""
+
+
+def run_failing_once(cluster: LoopbackCluster, wrapper: str, argv: list[str], tmp_path: Path) -> tuple[Job, Path]:
+    flag = tmp_path / "fail-once"
+    flag.write_text("")
+    script = tmp_path / "wrapped_job.py"
+    script.write_text(wrapper)
+    job = Job(cluster, [str(script), *argv[1:]], tmp_path / "job.log", CION_TEST_FAIL_ONCE=str(flag))
+    return job, flag
 
 
 def test_linking_range_task_crash_is_retried(full_cluster, undisturbed, tmp_path):
-    flag = tmp_path / "fail-once"
-    flag.write_text("")
-    script = tmp_path / "flaky_curate.py"
-    script.write_text(FLAKY_CURATE)
     out = tmp_path / "curated"
-    job = Job.__new__(Job)
-    job.log, job.cluster = tmp_path / "curate.log", full_cluster
-    job.proc = subprocess.Popen([sys.executable, str(script), *curate_argv(undisturbed / "crops", out)[1:],
-                                 "--address", full_cluster.address], cwd=ROOT,
-                                env=full_cluster.env(CION_TEST_FAIL_ONCE=str(flag)), stdout=open(job.log, "wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    job, flag = run_failing_once(full_cluster, RANGE_TASK_CRASHES, curate_argv(undisturbed / "crops", out), tmp_path)
     text = job.ok()
-    assert not flag.exists() and (tmp_path / "fail-once.crashed").exists(), "no range task crashed"
-    assert "computed" in text
+    assert not flag.exists() and flag.with_suffix(".crashed").exists(), "no range task crashed"
+    assert "4 computed, 0 reused" in text
     assert_same_rows(committed(out, "curate", "identities"), committed(undisturbed / "curated", "curate", "identities"),
                      "identities")
+
+
+@pytest.mark.xfail(strict=True, reason="runtime/track.py counts a video done when it has exactly n_chunks "
+                                       "'done' events; a chunk retried after its actor died records a second one, "
+                                       "so the video is left out of the manifest's units while its rows are in "
+                                       "the committed run's files (a re-run then tracks it again: duplicate rows)")
+def test_track_chunk_retried_after_its_rows_were_out(full_cluster, world, undisturbed, tmp_path):
+    """The actor dies after a chunk's rows were emitted and its 'done' event recorded, before the
+    task returns: Ray Data retries the chunk on the restarted actor."""
+    out = tmp_path / "crops"
+    job, flag = run_failing_once(full_cluster, ACTOR_DIES_AFTER_ITS_CHUNK, track_argv(world, out), tmp_path)
+    text = job.ok()
+    assert not flag.exists() and flag.with_suffix(".crashed").exists(), "no actor died"
+    assert "tracked 8 videos" in text, text[-3000:]
+    assert_same_rows(committed(out, "track"), committed(undisturbed / "crops", "track"), "crops")
+    Job(full_cluster, track_argv(world, out), tmp_path / "again.log").ok()
+    assert_same_rows(committed(out, "track"), committed(undisturbed / "crops", "track"), "crops after a re-run")
 
 
 # ---------------------------------------------------------------- pre-training
@@ -392,10 +440,10 @@ def test_pretrain_restores_after_a_killed_worker(full_cluster, cion_al, pretrain
     out = tmp_path / "run"
     job = Job(full_cluster, pretrain_argv(cion_al, out), tmp_path / "pretrain.log")
     wait_for(lambda: first_checkpoint(out, job), RUN_TIMEOUT, "the first checkpoint")
-    workers = wait_for(lambda: (lambda w: w if len(w) == 2 else None)(full_cluster.actors("RayTrainWorker")),
+    workers = wait_for(lambda: (lambda w: w if w and len(w) == 2 else None)(full_cluster.actors("RayTrainWorker")),
                        RUN_TIMEOUT, "two Train workers ALIVE")
     kill_pid(workers[-1]["pid"])
-    job.ok()
+    assert "[FailurePolicy] RETRY" in job.ok()
     history = json.loads((out / "metrics.json").read_text())
     assert [m["epoch"] for m in history] == [1, 2, 3]
     assert_same_teacher(out, pretrained)
@@ -408,7 +456,7 @@ def test_pretrain_restores_after_a_lost_node(full_cluster, cion_al, pretrained, 
     victim = wait_for(lambda: victim_node(full_cluster, job, "RayTrainWorker"), RUN_TIMEOUT,
                       "a Train worker on a worker node")
     victim.kill()
-    job.ok()
+    assert "[FailurePolicy] RETRY" in job.ok()
     history = json.loads((out / "metrics.json").read_text())
     assert [m["epoch"] for m in history] == [1, 2, 3]
     assert_same_teacher(out, pretrained)
