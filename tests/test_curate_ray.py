@@ -79,12 +79,20 @@ def test_outputs_identities_json_market_and_sheet(curated):
 def test_rerun_reuses_every_step(curated, default_world):
     root, first = curated
     before = _partition(root / "out")
-    again = run_curate(CurateConfig(crops=str(root / "crops"), out=str(root / "out"), gt=str(default_world),
-                                    pool=PoolConfig(actors=2)), **QUIET)
-    assert again.videos_embedded == [] and again.videos_denoised == []
-    assert again.ranges_computed == 0 and again.ranges_reused == first.ranges_computed
-    assert _partition(root / "out") == before
-    assert again.report["levels"] == first.report["levels"]
+    cfg = CurateConfig(crops=str(root / "crops"), out=str(root / "out"), gt=str(default_world),
+                       pool=PoolConfig(actors=2))
+    again = run_curate(cfg, **QUIET)  # nothing changed: the committed output is the answer
+    assert again.current and again.videos_embedded == [] and again.report == first.report
+    # another export choice re-runs the last step only, on every cache
+    bare = run_curate(CurateConfig(**{**cfg.__dict__, "export_market": False}), **QUIET)
+    assert bare.videos_embedded == [] and bare.videos_denoised == []
+    assert bare.ranges_computed == 0 and bare.ranges_reused == first.ranges_computed
+    assert _partition(root / "out") == before and bare.report["levels"] == first.report["levels"]
+    assert not (root / "out" / "cion_al.json").exists() and not (root / "out" / "market").exists()
+    assert bare.exports == []
+    back = run_curate(cfg, **QUIET)
+    assert back.ranges_computed == 0 and (root / "out" / "market" / "bounding_box_train").is_dir()
+    assert back.exports == [str(root / "out" / "cion_al.json"), str(root / "out" / "market" / "bounding_box_train")]
 
 
 def test_incremental_curation_equals_from_scratch(tiny_world, tmp_path):

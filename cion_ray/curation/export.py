@@ -12,7 +12,7 @@ from __future__ import annotations
 import posixpath
 
 from cion_ray.errors import CionError
-from cion_ray.io import fs
+from cion_ray.io import fs, runs
 
 
 def cion_al_path(identity: int, video_id: str, frame: int, track_id: int) -> str:
@@ -30,3 +30,13 @@ def write_images(out: str, items: list[tuple[str, bytes]]) -> None:
     """(relative path, JPEG bytes) -> files under out."""
     for rel, data in items:
         fs.write_bytes_atomic(fs.join(out, *rel.split("/")), data)
+
+
+def market_export(out: str) -> str | None:
+    """The Market-1501 training folder of the committed curation in `out` (its manifest names the
+    export folder: exports/<run>/market), or None when `out` holds no curation with one."""
+    m = runs.load_manifest(out, "curate") if fs.exists(fs.join(out, runs.MANIFEST)) else None
+    if m is None or not m.get("exports"):
+        return None
+    uri = fs.join(out, m["exports"], "market", "bounding_box_train")
+    return uri if fs.exists(uri) else None

@@ -1,4 +1,4 @@
-"""Per-video curation results, stored one file per video (`<out>/videos/<video_id>.npz`).
+"""Per-video curation results, stored one file per video (`<out>/videos/<video_id>-<key>.npz`).
 
 They make re-runs and incremental curation cheap: a video's L1/L2 result is computed once,
 and the linking step reads only each video's identity sums and sizes.
@@ -14,8 +14,10 @@ from cion_ray.curation.core import VideoLevels
 from cion_ray.io import fs
 
 
-def video_uri(out: str, video_id: str) -> str:
-    return fs.join(out, "videos", f"{video_id}.npz")
+def video_uri(out: str, video_id: str, key: str) -> str:
+    """Where a video's L1/L2 result is cached: named by the content key of what it was computed
+    from (its embeddings, the denoising settings, its ground truth), never by the video alone."""
+    return fs.join(out, "videos", f"{video_id}-{key}.npz")
 
 
 def save_levels(uri: str, lv: VideoLevels, frame: np.ndarray, gt: np.ndarray | None) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from cion_ray.curation.export import market_export
 from cion_ray.errors import CionError
 from cion_ray.evaluate.datasets import MARKET, ImageSet, ReIDDataset, load_dataset, read_folder
 from cion_ray.finetune.augment import TrainTransform
@@ -57,7 +58,7 @@ def train_split(data: str, dataset: str = "") -> tuple[ImageSet, str]:
                         "Market-style training images")
     if not fs.exists(data):
         raise CionError(f"training data {data}: not found")
-    curated = fs.join(data, "market", "bounding_box_train")
+    curated = market_export(data) or fs.join(data, "market", "bounding_box_train")
     if not dataset and fs.exists(curated):
         return read_folder(curated, MARKET, False), curated
     try:

@@ -1,10 +1,12 @@
 """Stage outputs committed by manifest.
 
 A stage writes its Parquet files under `<out>/<table>/run-<id>/`, then
-publishes `<out>/_manifest.json` listing the files of every committed run and
-the units (videos) they cover. Readers read only the listed files, so an
-interrupted run's files are never seen; a re-run skips committed units. The
-manifest is replaced atomically (rename locally, a single PUT on S3).
+publishes `<out>/_manifest.json` listing the files of every committed run (with
+row counts, sizes and checksums: `cion_ray.io.stage`) and the units (videos)
+they cover. Readers read only the listed files, after checking they are all
+there at their committed sizes, so an interrupted run's files are never seen
+and a damaged output is refused; a re-run skips committed units. The manifest
+is replaced atomically (rename locally, a single PUT on S3).
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import secrets
 import time
 
 from cion_ray.errors import CionError
-from cion_ray.io import fs
+from cion_ray.io import fs, stage
 
 MANIFEST = "_manifest.json"
 
@@ -32,7 +34,7 @@ def load_manifest(out: str, stage: str) -> dict | None:
 
 
 def empty_manifest(stage: str, fingerprint: str, config: dict) -> dict:
-    return {"format": "cion-ray-manifest/1", "stage": stage, "fingerprint": fingerprint, "config": config,
+    return {"format": "cion-ray-manifest/2", "stage": stage, "fingerprint": fingerprint, "config": config,
             "runs": [], "units": {}}
 
 
@@ -42,20 +44,27 @@ def check_fingerprint(m: dict, fingerprint: str, out: str) -> None:
                         f"now {fingerprint}); use a new output location or --overwrite")
 
 
-def commit(out: str, m: dict, run: dict, units: dict[str, dict]) -> None:
-    """Add a finished run (its files) and its units, then publish the manifest."""
+def commit(out: str, m: dict, run: dict, units: dict[str, dict]) -> dict:
+    """Add a finished run (its files, recorded with rows, size and checksum) and its units, then
+    publish the manifest. Returns the manifest published."""
     m = dict(m)
+    run = dict(run)
+    run.setdefault("records", stage.file_records(out, [fs.join(out, f) for f in run["files"]]))
     m["runs"] = list(m["runs"]) + [run]
     m["units"] = {**m["units"], **units}
     fs.write_json(fs.join(out, MANIFEST), m)
+    return m
 
 
-def committed_files(out: str, stage: str) -> list[str]:
-    """The Parquet files of every committed run, as URIs."""
-    m = load_manifest(out, stage)
+def committed_files(out: str, stage_name: str, runs_wanted: set[str] | None = None) -> list[str]:
+    """The Parquet files of every committed run (or of the runs named), as URIs, after checking
+    that each is there at its committed size."""
+    m = load_manifest(out, stage_name)
     if m is None:
-        raise CionError(f"{out}: no committed {stage} output here (no {MANIFEST})")
-    return [fs.join(out, f) for r in m["runs"] for f in r["files"]]
+        raise CionError(f"{out}: no committed {stage_name} output here (no {MANIFEST})")
+    chosen = [r for r in m["runs"] if runs_wanted is None or r["run_id"] in runs_wanted]
+    stage.check_records(out, [rec for r in chosen for rec in r.get("records", [])], f"{stage_name} output")
+    return [fs.join(out, f) for r in chosen for f in r["files"]]
 
 
 def check_run_folder(out: str, run_file: str, fingerprint: str, resume: bool, what: str) -> bool:

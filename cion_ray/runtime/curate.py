@@ -6,8 +6,13 @@
   relations --(union-find tree, anti-chaining guard, size filter on the driver)--> global identities
   crops --(Ray Data)--> identities Parquet, CION-AL JSON + images, Market-1501 folder; report; contact sheet
 
-Adding videos re-runs only what they touch: their embeddings and L1/L2, and the ranges whose
-content changed; the reducer then runs over all relations, so the result equals a fresh run.
+Every cache is keyed by the content it was computed from (`cion_ray.io.stage.content_key`): a
+video's embeddings by its crops' digest (from the tracking manifest) and the embedder; its L1/L2
+by its embeddings, the denoising settings and its ground truth; a range's relations by its
+videos' L1/L2 keys and the linking settings. Adding videos re-runs only what they touch, and
+re-tracking other videos into the same crops folder re-runs everything they changed: the
+result always equals a fresh run. Exports are written beside the committed ones
+(`exports/<run>/`) and published by the manifest; the previous run's are removed only after.
 """
 from __future__ import annotations
 
@@ -29,14 +34,16 @@ from ray.data.expressions import col
 from cion_ray.config import from_dict
 from cion_ray.curation.config import CurateConfig
 from cion_ray.curation.core import (IdentityTable, VideoCrops, VideoLevels, check_unique, denoise_video_levels,
-                                    ranges_with_keys, range_relations, reduce_identities)
+                                    range_relations, reduce_identities)
+from cion_ray.linking.ranges import sliding_ranges
 from cion_ray.curation.export import cion_al_path, market_path
 from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
+from cion_ray.linking.ranges import range_key
 from cion_ray.curation.report import build_report, report_text
 from cion_ray.curation.store import load_levels, save_levels, video_uri
 from cion_ray.embed.timm_embedder import build_embedder
 from cion_ray.errors import CionError
-from cion_ray.io import fs, runs
+from cion_ray.io import fs, runs, stage
 from cion_ray.io.crops import read_crop_images
 from cion_ray.io.schemas import IDENTITIES, embeddings_schema
 from cion_ray.runtime.session import cluster_cpus, cluster_gpus, ensure_ray, fit_actor_cpus
@@ -44,6 +51,9 @@ from cion_ray.viz.sheet import contact_sheet, save_png
 
 STAGE = "curate"
 EMBED_STAGE = "embed"
+# L1/L2's algorithm: /2 takes L2's cannot-link from every crop before L1. Results cached by an
+# earlier version are another computation, so they are never served.
+LEVELS_VERSION = "levels/2"
 CROP_META = ["crop_id", "video_id", "track_id", "frame", "x1", "y1", "x2", "y2"]
 
 
@@ -62,6 +72,8 @@ class CurateResult:
     ranges_computed: int = 0
     ranges_reused: int = 0
     seconds: float = 0.0
+    exports: list[str] = field(default_factory=list)  # the CION-AL JSON and Market folder written, if any
+    current: bool = False  # nothing had changed: the committed output was already this run's result
 
 
 class EmbedActor:
@@ -93,8 +105,9 @@ def _video_crops(t: pa.Table) -> VideoCrops:
                       t.column("track_id").to_numpy(), t.column("frame").to_numpy(), feats)
 
 
-def denoise_one_video(t: pa.Table, cfg: dict, out: str, gt_root: str) -> pa.Table:
-    """map_groups body: one video's embeddings -> its npz file; returns one row (video_id, stats, error)."""
+def denoise_one_video(t: pa.Table, cfg: dict, out: str, gt_root: str, keys: dict[str, str]) -> pa.Table:
+    """map_groups body: one video's embeddings -> its npz file (named by keys[video]); returns one
+    row (video_id, stats, error)."""
     c = from_dict(CurateConfig, cfg)
     v = _video_crops(t)
     try:
@@ -112,7 +125,7 @@ def denoise_one_video(t: pa.Table, cfg: dict, out: str, gt_root: str) -> pa.Tabl
             keep = np.isin(v.crop_id, lv.crop_id)
             gt = crop_identities(v.video_id, v.frame[keep], boxes[keep], g, mapping)
     frames = v.frame[np.isin(v.crop_id, lv.crop_id)]
-    save_levels(video_uri(out, v.video_id), lv, frames, gt)
+    save_levels(video_uri(out, v.video_id, keys[v.video_id]), lv, frames, gt)
     return pa.table({"video_id": [v.video_id], "stats": [json.dumps(lv.stats)], "error": [""]})
 
 
@@ -127,17 +140,17 @@ def _ranges_task(centroids: np.ndarray, video_pos: np.ndarray, spans: list[tuple
 class LabelCrops:
     """Crops -> identities rows (kept crops only); with export on, also writes their JPEGs."""
 
-    def __init__(self, out: str, identity_of: np.ndarray, offsets: dict[str, int], positions: dict[str, int],
-                 export: bool):
-        self.out, self.identity_of, self.offsets, self.positions, self.export = (
-            out, identity_of, offsets, positions, export)
+    def __init__(self, export_root: str, level_uris: dict[str, str], identity_of: np.ndarray,
+                 offsets: dict[str, int], positions: dict[str, int], export: bool):
+        self.root, self.uris, self.identity_of, self.offsets, self.positions, self.export = (
+            export_root, level_uris, identity_of, offsets, positions, export)
         self.cache: dict[str, dict[str, int]] = {}
 
     def _l2(self, vid: str) -> dict[str, int]:
         if vid not in self.cache:
             if len(self.cache) > 64:
                 self.cache.clear()
-            d = load_levels(video_uri(self.out, vid))
+            d = load_levels(self.uris[vid])
             self.cache[vid] = dict(zip(d["crop_id"].tolist(), d["l2"].tolist()))
         return self.cache[vid]
 
@@ -157,65 +170,143 @@ class LabelCrops:
             crops = kept.column("crop").to_pylist()
             for j, (v, f, tr, data, pid) in enumerate(zip(kept.column("video_id").to_pylist(), frames, tracks,
                                                            crops, ident[keep].tolist())):
-                fs.write_bytes_atomic(fs.join(self.out, "cion_al", *cion_al_path(pid, v, f, tr).split("/")), data)
-                fs.write_bytes_atomic(fs.join(self.out, *market_path(pid + 1, self.positions[v], f, tr).split("/")),
+                fs.write_bytes_atomic(fs.join(self.root, "cion_al", *cion_al_path(pid, v, f, tr).split("/")), data)
+                fs.write_bytes_atomic(fs.join(self.root, *market_path(pid + 1, self.positions[v], f, tr).split("/")),
                                       data)
         return pa.Table.from_arrays([kept.column("crop_id"), pa.array(ident[keep], pa.int64()),
                                      kept.column("video_id"), kept.column("track_id")], schema=IDENTITIES)
 
 
-def _embed(cfg: CurateConfig, crop_files: list[str], videos: list[str], use_gpu: bool, log) -> list[str]:
-    """Embed the crops of videos not yet embedded; returns the videos embedded now."""
+@dataclass
+class Keys:
+    """The content keys of one curation: per video, its crops (tracking digest), its embeddings
+    and its L1/L2 result; `runs` names the tracking run that holds each video's crops."""
+    crops: dict[str, str]
+    embed: dict[str, str]
+    levels: dict[str, str]
+    runs: dict[str, str]
+
+
+def content_keys(cfg: CurateConfig, crops_m: dict, videos: list[str]) -> Keys:
+    units = crops_m["units"]
+    crops = {v: units[v].get("digest") or stage.content_key(crops_m["fingerprint"], units[v].get("run"),
+                                                              units[v].get("crops"))
+             for v in videos}
+    embed = {v: stage.content_key("embed", crops[v], cfg.embed_fingerprint()) for v in videos}
+    gt = _gt_keys(cfg.gt, videos)
+    levels = {v: stage.content_key(LEVELS_VERSION, embed[v], asdict(cfg.denoise), gt.get(v, "")) for v in videos}
+    return Keys(crops, embed, levels, {v: units[v].get("run", "") for v in videos})
+
+
+def _gt_keys(gt_root: str, videos: list[str]) -> dict[str, str]:
+    """{video: key of its ground truth} (the gt file's and the identity map's content), for the
+    quality labels stored with each video's L1/L2 result."""
+    if not gt_root:
+        return {}
+    folder, _ = gt_layout(gt_root)
+    ids_uri = fs.join(gt_root, "identities.json")
+    ids = stage.source_identity(ids_uri) if fs.exists(ids_uri) else None
+
+    def one(v):
+        uri = fs.join(folder, v, "gt.txt")
+        return v, stage.content_key(ids, stage.source_identity(uri) if fs.exists(uri) else None)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return dict(pool.map(one, videos))
+
+
+def _embed(cfg: CurateConfig, keys: Keys, videos: list[str], use_gpu: bool, log) -> list[str]:
+    """Embed the crops of videos whose embeddings are missing or were computed from other crops;
+    returns the videos embedded now."""
     emb_out = fs.join(cfg.out, "embeddings")
     m = runs.load_manifest(emb_out, EMBED_STAGE)
     if m is not None:
         runs.check_fingerprint(m, cfg.embed_fingerprint(), emb_out)
     else:
         m = runs.empty_manifest(EMBED_STAGE, cfg.embed_fingerprint(), asdict(cfg.embed))
-    todo = [v for v in videos if v not in m["units"]]
+    todo = [v for v in videos if m["units"].get(v, {}).get("key") != keys.embed[v]]
     if not todo:
         return []
+    crop_files = runs.committed_files(cfg.crops, "track", {keys.runs[v] for v in todo})
     run_id = runs.new_run_id()
-    log(f"embedding the crops of {len(todo)} videos with {cfg.embed.embedder}, {cfg.pool.actors} actor(s)")
-    pa_fs, _ = fs.arrow_fs(crop_files[0])
-    paths = [fs.arrow_fs(f)[1] for f in crop_files]
-    ds = ray.data.read_parquet(paths, filesystem=pa_fs, columns=CROP_META + ["crop"])
-    if len(todo) < len(videos):
+    rel: list[str] = []
+    if crop_files:
+        log(f"embedding the crops of {len(todo)} videos with {cfg.embed.embedder}, {cfg.pool.actors} actor(s)")
+        pa_fs, _ = fs.arrow_fs(crop_files[0])
+        ds = ray.data.read_parquet([fs.arrow_fs(f)[1] for f in crop_files], filesystem=pa_fs,
+                                   columns=CROP_META + ["crop"])
         ds = ds.filter(expr=col("video_id").is_in(todo))
-    # a crops file is often one block: split it so every embedding actor gets work
-    ds = ds.repartition(target_num_rows_per_block=cfg.embed.batch)
-    ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"cfg": asdict(cfg), "use_gpu": use_gpu},
-                        batch_size=cfg.embed.batch, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(size=cfg.pool.actors),
-                        num_cpus=fit_actor_cpus(cfg.pool.actors, cfg.pool.cpus_per_actor),
-                        num_gpus=cfg.pool.gpus_per_actor if use_gpu else 0)
-    run_dir = fs.join(emb_out, f"run-{run_id}")
-    out_fs, out_path = fs.arrow_fs(run_dir)
-    ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=20_000)
-    files = fs.list_files(run_dir, (".parquet",)) if fs.exists(run_dir) else []
-    base = emb_out.rstrip("/") + "/" if fs.is_remote(emb_out) else os.path.abspath(emb_out) + os.sep
-    rel = [f[len(base):] if f.startswith(base) else f for f in files]
-    runs.commit(emb_out, m, {"run_id": run_id, "files": rel, "videos": todo}, {v: {"run": run_id} for v in todo})
+        # a crops file is often one block: split it so every embedding actor gets work
+        ds = ds.repartition(target_num_rows_per_block=cfg.embed.batch)
+        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"cfg": asdict(cfg), "use_gpu": use_gpu},
+                            batch_size=cfg.embed.batch, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=cfg.pool.actors),
+                            num_cpus=fit_actor_cpus(cfg.pool.actors, cfg.pool.cpus_per_actor),
+                            num_gpus=cfg.pool.gpus_per_actor if use_gpu else 0)
+        run_dir = fs.join(emb_out, f"run-{run_id}")
+        out_fs, out_path = fs.arrow_fs(run_dir)
+        ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=20_000)
+        files = fs.list_files(run_dir, (".parquet",)) if fs.exists(run_dir) else []
+        rel = [stage.relative(emb_out, f) for f in files]
+    m = runs.commit(emb_out, m, {"run_id": run_id, "files": rel, "videos": todo},
+                    {v: {"run": run_id, "key": keys.embed[v]} for v in todo})
+    _prune_runs(emb_out, m)
     return todo
 
 
-def _denoise(cfg: CurateConfig, videos: list[str], done: dict, log) -> tuple[list[str], dict]:
-    """L1 + L2 for videos without a stored result; returns them and their stats."""
-    todo = [v for v in videos if v not in done]
+def _prune_runs(out: str, m: dict) -> None:
+    """Drop the runs no unit points to any more (their videos were embedded again), after the
+    manifest that supersedes them is published."""
+    live = {u["run"] for u in m["units"].values()}
+    dead = [r for r in m["runs"] if r["run_id"] not in live]
+    if not dead:
+        return
+    m = {**m, "runs": [r for r in m["runs"] if r["run_id"] in live]}
+    fs.write_json(fs.join(out, runs.MANIFEST), m)
+    for r in dead:
+        fs.remove_tree(fs.join(out, f"run-{r['run_id']}"))
+
+
+def _embedding_dataset(cfg: CurateConfig, todo: list[str]):
+    """Each video's embeddings from the one embedding run its unit points to."""
+    emb_out = fs.join(cfg.out, "embeddings")
+    m = runs.load_manifest(emb_out, EMBED_STAGE)
+    by_run: dict[str, list[str]] = {}
+    for v in todo:
+        by_run.setdefault(m["units"][v]["run"], []).append(v)
+    parts = []
+    for run_id, vids in sorted(by_run.items()):
+        files = runs.committed_files(emb_out, EMBED_STAGE, {run_id})
+        if files:
+            pa_fs, _ = fs.arrow_fs(files[0])
+            parts.append(ray.data.read_parquet([fs.arrow_fs(f)[1] for f in files], filesystem=pa_fs)
+                         .filter(expr=col("video_id").is_in(vids)))
+    if not parts:
+        return None
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def _cached_levels(out: str) -> set[str]:
+    """Names of the L1/L2 results stored in out/videos (one listing)."""
+    root = fs.join(out, "videos")
+    if not fs.exists(root):
+        return set()
+    return {f.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1] for f in fs.list_files(root, (".npz",))}
+
+
+def _denoise(cfg: CurateConfig, keys: Keys, videos: list[str], log) -> tuple[list[str], dict]:
+    """L1 + L2 for videos without a stored result at their key; returns them and their stats."""
+    have = _cached_levels(cfg.out)
+    todo = [v for v in videos if f"{v}-{keys.levels[v]}.npz" not in have]
     if not todo:
         return [], {}
-    emb_files = runs.committed_files(fs.join(cfg.out, "embeddings"), EMBED_STAGE)
     stats: dict[str, dict] = {}
     with_rows: set[str] = set()
-    if emb_files:
+    ds = _embedding_dataset(cfg, todo)
+    if ds is not None:
         log(f"denoising {len(todo)} videos (L1 single tracklet, L2 single video)")
-        pa_fs, _ = fs.arrow_fs(emb_files[0])
-        ds = ray.data.read_parquet([fs.arrow_fs(f)[1] for f in emb_files], filesystem=pa_fs)
-        if len(todo) < len(videos):
-            ds = ds.filter(expr=col("video_id").is_in(todo))
-        gt_root = cfg.gt
         rows = ds.groupby("video_id", num_partitions=max(1, min(len(todo), 64))).map_groups(
-            denoise_one_video, batch_format="pyarrow", fn_args=(asdict(cfg), cfg.out, gt_root)).take_all()
+            denoise_one_video, batch_format="pyarrow",
+            fn_args=(asdict(cfg), cfg.out, cfg.gt, {v: keys.levels[v] for v in todo})).take_all()
         errors = [r["error"] for r in rows if r["error"]]
         if errors:
             raise CionError(errors[0] + (f" (and {len(errors) - 1} more videos)" if len(errors) > 1 else ""))
@@ -227,14 +318,14 @@ def _denoise(cfg: CurateConfig, videos: list[str], done: dict, log) -> tuple[lis
             empty = VideoLevels(v, np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64),
                                 np.zeros(0, np.int64), np.zeros((0, 0)), np.zeros(0, np.int64),
                                 {"samples_in": 0, "tracklets_in": 0})
-            save_levels(video_uri(cfg.out, v), empty, np.zeros(0, np.int64), None)
+            save_levels(video_uri(cfg.out, v, keys.levels[v]), empty, np.zeros(0, np.int64), None)
             stats[v] = empty.stats
     return todo, stats
 
 
-def _load_all(out: str, videos: list[str]) -> list[dict]:
+def _load_all(out: str, keys: Keys, videos: list[str]) -> list[dict]:
     def one(v):
-        d = load_levels(video_uri(out, v))
+        d = load_levels(video_uri(out, v, keys.levels[v]))
         d["video_id"] = v
         return d
     with ThreadPoolExecutor(max_workers=16) as pool:
@@ -250,11 +341,14 @@ def _table(levels: list[dict]) -> IdentityTable:
     return identity_table(lv)
 
 
-def _link(cfg: CurateConfig, table: IdentityTable, log) -> tuple[list[np.ndarray], int, int]:
+def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[list[np.ndarray], int, int]:
     """Relations of every range: cached ones are read, the others computed by parallel Ray tasks
-    (consecutive ranges batched per task, so each task does enough work to pay for itself)."""
+    (consecutive ranges batched per task, so each task does enough work to pay for itself). A
+    range is cached under the L1/L2 keys of its videos and the linking settings."""
     import io
-    ranges = ranges_with_keys(table.video_ids, cfg.link)
+    level_keys = [keys.levels[v] for v in table.video_ids]
+    ranges = [(s, e, range_key(level_keys[s:e]))
+              for s, e in sliding_ranges(len(table.video_ids), cfg.link.window, cfg.link.stride)]
     link = asdict(cfg.link)
     tag = cfg.fingerprint()
     cent = table.centroids
@@ -306,7 +400,7 @@ def _save_npy(uri: str, arr: np.ndarray) -> None:
     fs.write_bytes_atomic(uri, buf.getvalue())
 
 
-def _sheet(cfg: CurateConfig, crop_files: list[str], levels: list[dict], final: list[np.ndarray],
+def _sheet(uri: str, crop_files: list[str], levels: list[dict], final: list[np.ndarray],
            rows: int = 10, cols: int = 8) -> None:
     """A row of crops per identity (most videos first), mixing videos, captioned with the video."""
     members: dict[int, list[tuple[str, str]]] = {}
@@ -342,12 +436,10 @@ def _sheet(cfg: CurateConfig, crop_files: list[str], levels: list[dict], final: 
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         save_png(os.path.join(d, "sheet.png"), img)
-        fs.write_bytes_atomic(fs.join(cfg.out, "sheet.png"), open(os.path.join(d, "sheet.png"), "rb").read())
+        fs.write_bytes_atomic(uri, open(os.path.join(d, "sheet.png"), "rb").read())
 
 
-def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None = None,
-               log: Callable[[str], None] = _log) -> CurateResult:
-    t0 = time.perf_counter()
+def _check_inputs(cfg: CurateConfig) -> tuple[dict, list[str]]:
     if not cfg.crops or not cfg.out:
         raise CionError("curation needs the tracking output (--crops) and an output (--out)")
     if cfg.embed.embedder.startswith("timm:"):
@@ -358,20 +450,43 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
     crops_m = runs.load_manifest(cfg.crops, "track")
     if crops_m is None:
         raise CionError(f"{cfg.crops}: no committed tracking output here (no _manifest.json)")
-    crop_files = runs.committed_files(cfg.crops, "track")
+    runs.committed_files(cfg.crops, "track")  # every listed file there, at its committed size
     videos = sorted(crops_m["units"])  # the natural order: video ids sort in upload order
     if not videos:
         raise CionError(f"{cfg.crops}: the tracking output holds no videos")
+    return crops_m, videos
+
+
+def _previous(out: str, m: dict | None) -> dict:
+    """What the committed curation in `out` consists of, to be removed once a new one is published."""
+    if m is None or "identities" not in m:
+        return {}
+    return {"identities": list(m["identities"].get("files", [])), "exports": m.get("exports", ""),
+            "legacy": not m.get("exports")}  # the first layout exported to out/cion_al and out/market
+
+
+def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None = None,
+               log: Callable[[str], None] = _log) -> CurateResult:
+    t0 = time.perf_counter()
+    crops_m, videos = _check_inputs(cfg)
     fs.makedirs(cfg.out)
-    if overwrite:
-        for sub in (runs.MANIFEST, "embeddings", "videos", "relations", "identities", "cion_al", "market",
-                    "report.json", "report.txt", "sheet.png", "cion_al.json"):
-            fs.remove_tree(fs.join(cfg.out, sub))
     m = runs.load_manifest(cfg.out, STAGE)
+    previous = _previous(cfg.out, m)
+    if overwrite:  # caches of other settings go; the committed output stays until the new one is published
+        for sub in ("embeddings", "videos", "relations"):
+            fs.remove_tree(fs.join(cfg.out, sub))
+        m = None
     if m is not None:
         runs.check_fingerprint(m, cfg.fingerprint(), cfg.out)
     else:
         m = runs.empty_manifest(STAGE, cfg.fingerprint(), asdict(cfg))
+    keys = content_keys(cfg, crops_m, videos)
+    inputs = stage.content_key(sorted(keys.levels.items()), cfg.fingerprint(), cfg.export_market)
+    if not overwrite and m.get("identities", {}).get("inputs") == inputs:
+        current = _current(cfg, m, log)
+        if current is not None:
+            current.seconds = time.perf_counter() - t0
+            return current
     ensure_ray(address)
     if cfg.pool.gpus_per_actor < 0:
         auto = 1.0 if cfg.embed.embedder.startswith("timm:") and cluster_gpus() >= 1 else 0.0
@@ -381,16 +496,16 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
         raise CionError(f"{cfg.pool.gpus_per_actor} GPU(s) per actor asked for, but the Ray cluster has "
                         f"{cluster_gpus():g}; use --gpus-per-actor 0")
 
-    embedded = _embed(cfg, crop_files, videos, use_gpu, log)
-    denoised, stats = _denoise(cfg, videos, m["units"], log)
-    m = dict(m)
-    m["units"] = {**m["units"], **stats}
-    levels = _load_all(cfg.out, videos)
+    embedded = _embed(cfg, keys, videos, use_gpu, log)
+    denoised, stats = _denoise(cfg, keys, videos, log)
+    levels = _load_all(cfg.out, keys, videos)
     table = _table(levels)
     notes = []
     if len(videos) == 1:
         notes.append("a single video: there is nothing to link across videos (L3 keeps the L2 identities)")
-    relations, computed, reused = _link(cfg, table, log)
+    if not any(len(d["l2"]) for d in levels):
+        notes.append("no crops in any video: nothing to curate")
+    relations, computed, reused = _link(cfg, table, keys, log)
     identity_of, rstats, small = reduce_identities(table, relations, cfg.link)
     final = []
     for i, d in enumerate(levels):
@@ -398,67 +513,157 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
         kept = d["l2"] >= 0
         lab[kept] = identity_of[table.offsets[i] + d["l2"][kept]]
         final.append(lab)
-
-    # identities Parquet (+ exports), replacing the previous run's
-    run_id = runs.new_run_id()
-    offsets = {v: int(table.offsets[i]) for i, v in enumerate(table.video_ids)}
-    positions = {v: i for i, v in enumerate(table.video_ids)}
     if cfg.export_market and identity_of.max(initial=-1) + 1 > 9999:
         raise CionError(f"{identity_of.max() + 1} identities: Market-1501 names hold at most 9999; "
                         "curate with --no-market-export")
-    for sub in ("cion_al", "market"):
-        fs.remove_tree(fs.join(cfg.out, sub))
-    pa_fs, _ = fs.arrow_fs(crop_files[0])
-    cols = ["crop_id", "video_id", "track_id", "frame"] + (["crop"] if cfg.export_market else [])
-    ds = ray.data.read_parquet([fs.arrow_fs(f)[1] for f in crop_files], filesystem=pa_fs, columns=cols)
-    ds = ds.map_batches(LabelCrops, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
-                        num_cpus=fit_actor_cpus(1, 1.0),
-                        fn_constructor_kwargs=dict(out=cfg.out, identity_of=identity_of, offsets=offsets,
-                                                   positions=positions, export=cfg.export_market))
+    link_counts = {"ranges": computed + reused, "ranges_reused": reused, "links": rstats.relations,
+                   "components_split": rstats.components_split, "unions_refused": rstats.unions_refused,
+                   "identities_dropped_small": small}
+    report = build_report(levels, final, link_counts)
+    report["notes"] = notes
+
+    run_id = runs.new_run_id()
+    try:
+        published = _write_outputs(cfg, run_id, keys, table, levels, final, identity_of, report)
+    except BaseException:
+        # nothing of this run was published: its files go, the committed output stays as it was
+        fs.remove_tree(fs.join(cfg.out, "identities", f"run-{run_id}"))
+        fs.remove_tree(fs.join(cfg.out, "exports", run_id))
+        raise
+    m = dict(m)
+    m["units"] = {v: {"key": keys.levels[v]} for v in videos}
+    m["identities"] = {"run_id": run_id, "files": published["files"], "records": published["records"],
+                       "identities": report["counts"]["identities_out"], "samples": report["counts"]["samples_out"],
+                       "videos": videos, "inputs": inputs}
+    m["exports"] = published["exports"]
+    m["runs"] = list(m["runs"]) + [{"run_id": run_id, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                    "videos_embedded": embedded, "videos_denoised": denoised,
+                                    "ranges_computed": computed, "ranges_reused": reused}]
+    fs.write_json(fs.join(cfg.out, runs.MANIFEST), m)  # the commit point
+    _publish_views(cfg.out, m)
+    _remove_previous(cfg.out, previous, m)
+    log("report:\n" + report_text(report).rstrip())
+    return CurateResult(out=cfg.out, report=report, identities=report["counts"]["identities_out"],
+                        samples=report["counts"]["samples_out"], videos_embedded=embedded, videos_denoised=denoised,
+                        ranges_computed=computed, ranges_reused=reused, seconds=time.perf_counter() - t0,
+                        exports=export_paths(cfg.out, m))
+
+
+def _write_outputs(cfg: CurateConfig, run_id: str, keys: Keys, table: IdentityTable, levels: list[dict],
+                   final: list[np.ndarray], identity_of: np.ndarray, report: dict) -> dict:
+    """This run's identities Parquet, exports, report and contact sheet, all beside the committed
+    ones (identities/run-<id>/, exports/<id>/). -> {"files", "records", "exports"} to publish."""
+    offsets = {v: int(table.offsets[i]) for i, v in enumerate(table.video_ids)}
+    positions = {v: i for i, v in enumerate(table.video_ids)}
+    export_rel = f"exports/{run_id}"
+    export_root = fs.join(cfg.out, "exports", run_id)
+    crop_files = runs.committed_files(cfg.crops, "track")
     id_dir = fs.join(cfg.out, "identities", f"run-{run_id}")
-    out_fs, out_path = fs.arrow_fs(id_dir)
-    ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
-    id_files = fs.list_files(id_dir, (".parquet",)) if fs.exists(id_dir) else []
-    base = cfg.out.rstrip("/") + "/" if fs.is_remote(cfg.out) else os.path.abspath(cfg.out) + os.sep
-    rel_files = [f[len(base):] if f.startswith(base) else f for f in id_files]
+    files: list[str] = []
+    if crop_files:
+        pa_fs, _ = fs.arrow_fs(crop_files[0])
+        cols = ["crop_id", "video_id", "track_id", "frame"] + (["crop"] if cfg.export_market else [])
+        ds = ray.data.read_parquet([fs.arrow_fs(f)[1] for f in crop_files], filesystem=pa_fs, columns=cols)
+        uris = {v: video_uri(cfg.out, v, keys.levels[v]) for v in table.video_ids}
+        ds = ds.map_batches(LabelCrops, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
+                            num_cpus=fit_actor_cpus(1, 1.0),
+                            fn_constructor_kwargs=dict(export_root=export_root, level_uris=uris,
+                                                       identity_of=identity_of, offsets=offsets, positions=positions,
+                                                       export=cfg.export_market))
+        out_fs, out_path = fs.arrow_fs(id_dir)
+        ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
+        files = fs.list_files(id_dir, (".parquet",)) if fs.exists(id_dir) else []
+    records = stage.file_records(cfg.out, files)
+    if sum(r["rows"] for r in records) != report["counts"]["samples_out"]:
+        raise CionError(f"{id_dir}: {sum(r['rows'] for r in records)} identity rows written, "
+                        f"{report['counts']['samples_out']} expected; nothing was committed")
     if cfg.export_market:
         entries = []
-        for f in id_files:
+        for f in files:
             ofs, p = fs.arrow_fs(f)
             t = pq.read_table(p, filesystem=ofs)
             for cid, pid in zip(t.column("crop_id").to_pylist(), t.column("identity").to_pylist()):
                 vid, frame, track = cid.split("/")
                 entries.append({"file_path": "cion_al/" + cion_al_path(pid, vid, int(frame), int(track)), "id": pid})
         entries.sort(key=lambda e: (e["id"], e["file_path"]))
-        fs.write_json(fs.join(cfg.out, "cion_al.json"), entries)
+        fs.write_json(fs.join(export_root, "cion_al.json"), entries)
+    fs.write_json(fs.join(export_root, "report.json"), report)
+    fs.write_bytes_atomic(fs.join(export_root, "report.txt"), report_text(report).encode())
+    if report["counts"]["samples_out"]:
+        _sheet(fs.join(export_root, "sheet.png"), crop_files, levels, final)
+    return {"files": [stage.relative(cfg.out, f) for f in files], "records": records, "exports": export_rel}
 
-    link_counts = {"ranges": computed + reused, "ranges_reused": reused, "links": rstats.relations,
-                   "components_split": rstats.components_split, "unions_refused": rstats.unions_refused,
-                   "identities_dropped_small": small}
-    report = build_report(levels, final, link_counts)
-    report["notes"] = notes
-    fs.write_json(fs.join(cfg.out, "report.json"), report)
-    text = report_text(report)
-    fs.write_bytes_atomic(fs.join(cfg.out, "report.txt"), text.encode())
-    _sheet(cfg, crop_files, levels, final)
-    previous = m.get("identities", {}).get("files", [])
-    m["identities"] = {"run_id": run_id, "files": rel_files, "identities": report["counts"]["identities_out"],
-                       "samples": report["counts"]["samples_out"], "videos": videos}
-    m["runs"] = list(m["runs"]) + [{"run_id": run_id, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                    "videos_embedded": embedded, "videos_denoised": denoised,
-                                    "ranges_computed": computed, "ranges_reused": reused}]
-    fs.write_json(fs.join(cfg.out, runs.MANIFEST), m)
-    for f in previous:  # the previous identities files are superseded once the manifest points here
-        fs.remove_tree(fs.join(cfg.out, f))
-    log("report:\n" + text.rstrip())
+
+def _publish_views(out: str, m: dict) -> None:
+    """After the commit: the committed run's report, sheet and CION-AL JSON at the top of `out`
+    (the JSON's paths lead into exports/<run>/), and locally `out/market` pointing at its Market
+    export. Each is one atomic write; any of them can be redone from the manifest."""
+    root = fs.join(out, m["exports"])
+    for name in ("report.json", "report.txt", "sheet.png"):
+        uri = fs.join(root, name)
+        if fs.exists(uri):
+            fs.write_bytes_atomic(fs.join(out, name), fs.read_bytes(uri))
+        else:
+            fs.remove_tree(fs.join(out, name))
+    js = fs.join(root, "cion_al.json")
+    if fs.exists(js):
+        entries = [{"file_path": f"{m['exports']}/{e['file_path']}", "id": e["id"]} for e in fs.read_json(js)]
+        fs.write_json(fs.join(out, "cion_al.json"), entries)
+        if not fs.is_remote(out):
+            stage.publish_link(out, "market", f"{m['exports']}/market")
+    else:
+        fs.remove_tree(fs.join(out, "cion_al.json"))
+        if not fs.is_remote(out) and os.path.islink(fs.join(out, "market")):
+            os.unlink(fs.join(out, "market"))
+
+
+def _remove_previous(out: str, previous: dict, m: dict) -> None:
+    """The superseded run's files, once the manifest no longer names them; and anything a run that
+    died before its commit left under identities/ or exports/."""
+    keep_ids = {f.split("/")[1] for f in m["identities"]["files"] if f.count("/") >= 2}
+    keep_ids.add(f"run-{m['identities']['run_id']}")
+    for sub, keep in (("identities", keep_ids), ("exports", {m["exports"].split("/", 1)[1]})):
+        root = fs.join(out, sub)
+        if fs.exists(root):
+            f, path = fs.get_fs(root)
+            for child in f.ls(path, detail=False):
+                name = child.rstrip("/").rsplit("/", 1)[-1]
+                if name not in keep:
+                    fs.remove_tree(fs.join(root, name))
+    if previous.get("legacy"):
+        fs.remove_tree(fs.join(out, "cion_al"))
+        if not os.path.islink(fs.join(out, "market")):
+            fs.remove_tree(fs.join(out, "market"))
+
+
+def _current(cfg: CurateConfig, m: dict, log) -> CurateResult | None:
+    """The committed result when nothing it was computed from has changed (None when its files are
+    damaged or its report is missing: then the stage runs again)."""
+    try:
+        stage.check_records(cfg.out, m["identities"].get("records", []), "curation output")
+        report = fs.read_json(fs.join(cfg.out, m["exports"], "report.json"))
+    except (CionError, KeyError):
+        return None
+    _publish_views(cfg.out, m)  # a run killed between its commit and its views left them behind
+    log(f"nothing changed since the committed curation (run {m['identities']['run_id']}): it is current")
     return CurateResult(out=cfg.out, report=report, identities=report["counts"]["identities_out"],
-                        samples=report["counts"]["samples_out"], videos_embedded=embedded, videos_denoised=denoised,
-                        ranges_computed=computed, ranges_reused=reused, seconds=time.perf_counter() - t0)
+                        samples=report["counts"]["samples_out"], exports=export_paths(cfg.out, m), current=True)
+
+
+def export_paths(out: str, m: dict) -> list[str]:
+    """The exports of the committed curation in `out`, as a user reaches them."""
+    paths = []
+    if fs.exists(fs.join(out, "cion_al.json")) and m.get("exports"):
+        paths.append(fs.join(out, "cion_al.json"))
+        market = fs.join(out, "market") if not fs.is_remote(out) else fs.join(out, m["exports"], "market")
+        paths.append(fs.join(market, "bounding_box_train"))
+    return paths
 
 
 def identities_files(out: str) -> list[str]:
-    """The identities Parquet files of the last committed curation in `out`."""
+    """The identities Parquet files of the last committed curation in `out` (checked to be whole)."""
     m = runs.load_manifest(out, STAGE)
     if m is None or "identities" not in m:
         raise CionError(f"{out}: no committed curation output here")
+    stage.check_records(out, m["identities"].get("records", []), "curation output")
     return [fs.join(out, f) for f in m["identities"]["files"]]

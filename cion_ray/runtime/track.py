@@ -16,11 +16,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from cion_ray.config import from_dict
 from cion_ray.errors import CionError
-from cion_ray.io import fs, runs
+from cion_ray.io import fs, runs, stage
 from cion_ray.io.video import iter_frames
 from cion_ray.runtime.session import RunLedger, cluster_gpus, ensure_ray, fit_actor_cpus
 from cion_ray.tracking.config import TrackConfig
@@ -188,6 +189,61 @@ def _stitch_multi(cfg: TrackConfig, chunks: list[Chunk], raw_uri: str, out_uri: 
     return _write(ds, out_uri), counts
 
 
+def _written_units(cfg: TrackConfig, chunks: list[Chunk], files: list[str], events: list[dict],
+                   failed: dict[str, str], sources: dict[str, dict], run_id: str) -> dict[str, dict]:
+    """The videos this run commits, decided from the rows written, not from actor messages:
+    every video with rows in the written files (a chunk's rows are yielded only once it is
+    tracked whole), plus videos whose chunks all reported done with no rows. Each unit
+    carries its source identity and a digest of its rows (what downstream caches key on).
+    Two rows with one crop id (a chunk written twice) stop the commit."""
+    counts, digests = _rows_per_video(files)
+    n_chunks = {c.video_id: c.n_chunks for c in chunks}
+    done: dict[str, list[dict]] = {}
+    for e in {(e["video_id"], e["chunk"]): e for e in events if e.get("done")}.values():  # a retried chunk once
+        done.setdefault(e["video_id"], []).append(e)
+    units: dict[str, dict] = {}
+    for vid in sorted(n_chunks):
+        evs = done.get(vid, [])
+        complete = vid not in failed and len(evs) == n_chunks[vid]
+        if vid not in counts and not complete:
+            continue
+        rows, tracklets = counts.get(vid, (0, 0))
+        units[vid] = {"run": run_id, "frames": sum(e["frames"] for e in evs), "crops": rows, "tracklets": tracklets,
+                      "detections": sum(e["detections"] for e in evs), "source": sources.get(vid),
+                      "digest": stage.content_key(cfg.fingerprint(), sources.get(vid), digests.get(vid, ""))}
+    return units
+
+
+def _rows_per_video(files: list[str]) -> tuple[dict[str, tuple[int, int]], dict[str, str]]:
+    """Read back what was written: {video: (rows, tracklets)} and {video: digest of its rows}."""
+    import hashlib
+    cols = ["crop_id", "video_id", "track_id", "frame", "x1", "y1", "x2", "y2"]
+    parts = []
+    for uri in files:
+        pa_fs, path = fs.arrow_fs(uri)
+        parts.append(pq.read_table(path, filesystem=pa_fs, columns=cols))
+    if not parts:
+        return {}, {}
+    t = pa.concat_tables(parts).sort_by([("video_id", "ascending"), ("crop_id", "ascending")])
+    cid = t.column("crop_id").to_pylist()
+    dup = next((a for a, b in zip(cid, cid[1:]) if a == b), None)
+    if dup is not None:
+        raise CionError(f"tracking wrote crop {dup} twice (a chunk written twice); nothing was committed; re-run to "
+                        "track these videos again")
+    vids = np.asarray(t.column("video_id").to_pylist(), object)
+    counts, digests = {}, {}
+    bounds = np.flatnonzero(np.r_[True, vids[1:] != vids[:-1], True])
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        part = t.slice(a, b - a)
+        h = hashlib.sha256()
+        for c in cols[2:]:
+            h.update(np.ascontiguousarray(part.column(c).to_numpy()).tobytes())
+        h.update("\n".join(cid[a:b]).encode())
+        counts[str(vids[a])] = (int(b - a), len(set(part.column("track_id").to_pylist())))
+        digests[str(vids[a])] = h.hexdigest()
+    return counts, digests
+
+
 def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = None,
               log: Callable[[str], None] = _log) -> TrackResult:
     """Track every video under cfg.videos not yet committed in cfg.out; commit; report quality."""
@@ -210,16 +266,17 @@ def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = N
         runs.check_fingerprint(m, cfg.fingerprint(), out)
     else:
         m = runs.empty_manifest(STAGE, cfg.fingerprint(), asdict(cfg))
-    done_before = set(m["units"])
     uris = list_videos(cfg.videos)
-    todo = [u for u in uris if video_id_of(u) not in done_before]
+    sources = _sources(uris, m["units"])
+    _refuse_changed(cfg, uris, sources, m["units"])
+    todo = [u for u in uris if video_id_of(u) not in m["units"]]
     result = TrackResult(out=out, run_id=None,
                          videos_skipped_finished=sorted(video_id_of(u) for u in uris if u not in todo))
     if result.videos_skipped_finished:
         log(f"{len(result.videos_skipped_finished)} of {len(uris)} videos already committed in {out}; skipping them")
     if todo:
         ensure_ray(address)
-        _track_videos(cfg, todo, m, result, log)
+        _track_videos(cfg, todo, sources, m, result, log)
     gt_root = cfg.gt or (cfg.detector.mot if cfg.detector.kind == "mot-det" else "")
     if not cfg.quality_report:
         gt_root = ""
@@ -227,10 +284,44 @@ def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = N
     result.report = write_quality_report(out, m, gt_root, skipped=result.skipped, warnings=result.warnings,
                                          log=log)
     result.seconds = time.perf_counter() - t0
+    if not m["units"]:
+        raise CionError(f"{cfg.videos}: no video could be tracked ({len(result.skipped)} skipped; the reasons are in "
+                        f"{fs.join(out, 'report.txt')}); nothing was committed in {out}")
     return result
 
 
-def _track_videos(cfg: TrackConfig, todo: list[str], m: dict, result: TrackResult, log) -> None:
+def _sources(uris: list[str], units: dict) -> dict[str, dict]:
+    """{video_id: source identity} (size + mtime + SHA-256, or size + ETag on S3); a file unchanged
+    since it was committed is not hashed again. Unreadable files are left out (probing reports them)."""
+    def one(u):
+        v = video_id_of(u)
+        try:
+            return v, stage.source_identity(u, units.get(v, {}).get("source"))
+        except CionError:
+            return v, None
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        return {v: ident for v, ident in pool.map(one, uris) if ident is not None}
+
+
+def _refuse_changed(cfg: TrackConfig, uris: list[str], sources: dict[str, dict], units: dict) -> None:
+    """A committed video whose file now has other content (same name, other bytes): the output holds
+    the crops of another video, and tracking into it would mix the two. Refused before any work."""
+    changed = []
+    for u in uris:
+        v = video_id_of(u)
+        old = units.get(v, {}).get("source")
+        if old is not None and v in sources and not stage.same_source(old, sources[v]):
+            changed.append(v)
+    if changed:
+        v = changed[0]
+        raise CionError(f"{cfg.out}: {len(changed)} of the {len(uris)} videos under {cfg.videos} are not the videos of "
+                        f"the same names tracked there (e.g. {v}: {units[v]['source'].get('size')} bytes then, "
+                        f"{sources[v].get('size')} bytes and other content now); track into another --out, or pass "
+                        "--overwrite to replace that output")
+
+
+def _track_videos(cfg: TrackConfig, todo: list[str], sources: dict[str, dict], m: dict, result: TrackResult,
+                  log) -> None:
     out = cfg.out
     if cfg.pool.gpus_per_actor < 0:
         auto = 1.0 if cfg.detector.kind == "yolo" and cluster_gpus() >= 1 else 0.0
@@ -273,7 +364,6 @@ def _track_videos(cfg: TrackConfig, todo: list[str], m: dict, result: TrackResul
             TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="final", ledger=ledger, use_gpu=use_gpu),
             **_pool_kwargs(cfg, use_gpu))
         files += _write(ds, fs.join(run_dir, "single"))
-    multi_counts: dict[str, dict] = {}
     events = ray.get(ledger.events.remote())
     if multi:
         ds = _chunk_dataset(multi).map_batches(
@@ -283,7 +373,7 @@ def _track_videos(cfg: TrackConfig, todo: list[str], m: dict, result: TrackResul
         events = ray.get(ledger.events.remote())
         failed_now = {e["video_id"] for e in events if "error" in e}
         log(f"stitching {len({c.video_id for c in multi})} chunked videos")
-        more, multi_counts = _stitch_multi(cfg, multi, fs.join(tmp_dir, "raw"), fs.join(run_dir, "stitched"),
+        more, _ = _stitch_multi(cfg, multi, fs.join(tmp_dir, "raw"), fs.join(run_dir, "stitched"),
                                            failed_now)
         files += more
     failed: dict[str, str] = {}
@@ -295,25 +385,7 @@ def _track_videos(cfg: TrackConfig, todo: list[str], m: dict, result: TrackResul
     for vid, reason in failed.items():
         result.skipped.append({"video_id": vid, "reason": reason})
         log(f"skipped {reason}")
-    units: dict[str, dict] = {}
-    n_chunks = {}
-    for c in chunks:
-        n_chunks[c.video_id] = c.n_chunks
-    done_chunks: dict[str, list[dict]] = {}
-    for e in events:
-        if e.get("done"):
-            done_chunks.setdefault(e["video_id"], []).append(e)
-    for vid, evs in done_chunks.items():
-        if vid in failed or len(evs) != n_chunks[vid]:
-            continue
-        frames = sum(e["frames"] for e in evs)
-        if n_chunks[vid] == 1:
-            rows, tracklets = evs[0]["rows"], evs[0]["tracklets"]
-        else:
-            c = multi_counts.get(vid, {"rows": 0, "tracklets": 0})
-            rows, tracklets = c["rows"], c["tracklets"]
-        units[vid] = {"run": run_id, "frames": frames, "crops": rows, "tracklets": tracklets,
-                      "detections": sum(e["detections"] for e in evs)}
+    units = _written_units(cfg, chunks, files, events, failed, sources, run_id)
     run = {"run_id": run_id, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _rel(out, files),
            "videos": sorted(units)}
     runs.commit(out, m, run, units)
