@@ -128,6 +128,15 @@ def victim_node(cluster: LoopbackCluster, job: Job, udf: str):
     return next((cluster.node_of(a["node_id"]) for a in actors if a["node_id"] not in spared), None)
 
 
+def listed(cluster: LoopbackCluster, udf: str) -> bool:
+    """Whether the job running `udf` actors has listed its input: its ListFiles tasks all finished."""
+    actors, tasks = cluster.actors(udf), cluster.state("tasks")
+    if not actors or tasks is None:
+        return False
+    lists = [t for t in tasks if t.get("job_id") == actors[0]["job_id"] and "ListFiles" in (t.get("name") or "")]
+    return bool(lists) and all(t.get("state") == "FINISHED" for t in lists)
+
+
 def kill_pid(pid: int) -> None:
     os.kill(pid, signal.SIGKILL)
 
@@ -275,10 +284,10 @@ def test_embedding_survives_a_killed_pool_actor(full_cluster, undisturbed, tmp_p
 def test_embedding_survives_a_lost_worker_node(full_cluster, undisturbed, tmp_path):
     out = tmp_path / "curated"
     job = Job(full_cluster, curate_argv(undisturbed / "crops", out), tmp_path / "curate.log")
-    # once the crops' Parquet footers are listed: Ray Data 2.60 lists them with FooterReader actors
-    # that do not survive their node (a loss during listing fails the read: see the report)
-    victim = wait_for(lambda: full_cluster.actors("FooterReader") == [] and victim_node(full_cluster, job, "EmbedActor"),
-                      RUN_TIMEOUT, "an embedding actor on a worker node, the listing done")
+    # once the crops' Parquet files are listed: Ray Data 2.60 lists them in ListFiles tasks through
+    # FooterReader actors that do not survive their node (a loss then fails the read: see the report)
+    victim = wait_for(lambda: listed(full_cluster, "EmbedActor") and victim_node(full_cluster, job, "EmbedActor"),
+                      RUN_TIMEOUT, "an embedding actor on a worker node, the input listed")
     assert not (out / "embeddings" / "_manifest.json").exists()
     victim.kill()
     job.ok()
