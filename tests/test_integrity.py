@@ -187,3 +187,21 @@ def test_a_damaged_output_is_refused_by_its_readers(tiny_world, tmp_path):
     os.remove(first)
     with pytest.raises(CionError, match=r"committed track output is damaged: 1 of its \d+ files are missing"):
         _curate(crops, tmp_path / "cur2")
+
+
+def test_a_lost_ledger_costs_the_report_not_the_run():
+    import ray
+
+    from cion_ray.runtime.session import RunLedger
+    from cion_ray.runtime.track import LEDGER_LOST, TrackResult, _events
+
+    ledger = RunLedger.remote()
+    ledger.record.remote({"video_id": "v", "chunk": 0, "done": True})
+    result = TrackResult(out="", run_id="r")
+    assert _events(ledger, result, lambda m: None)[0]["video_id"] == "v"
+    ray.kill(ledger)
+    with pytest.raises(ray.exceptions.RayActorError):  # the kill is asynchronous: wait for the death
+        for _ in range(600):
+            ray.get(ledger.events.remote())
+    assert _events(ledger, result, lambda m: None) == [] and _events(ledger, result, lambda m: None) == []
+    assert result.warnings == [LEDGER_LOST]

@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from cion_ray.config import from_dict
 from cion_ray.errors import CionError
@@ -34,6 +35,8 @@ from cion_ray.tracking.stitch import stitch_group
 from cion_ray.tracking.tracker import chunk_frames, make_tracker, prefetch, process_chunk
 
 STAGE = "track"
+LEDGER_LOST = ("the run's message ledger was lost: its skip reasons and warnings are unknown; videos in which "
+               "nobody was found, and chunked videos, are tracked again on the next run")
 ROWS_PER_BLOCK = 2048
 
 
@@ -187,6 +190,22 @@ def _stitch_multi(cfg: TrackConfig, chunks: list[Chunk], raw_uri: str, out_uri: 
 
     ds = ray.data.read_parquet(path, filesystem=pa_fs).map_batches(relabel, batch_format="pyarrow")
     return _write(ds, out_uri), counts
+
+
+def _events(ledger, result: TrackResult, log) -> list[dict]:
+    """The run's chunk messages. They only report (errors, warnings, videos with no rows): what is
+    committed is read from the rows written, so a lost ledger costs the report, never data."""
+    try:
+        return ray.get(ledger.events.remote())
+    except ray.exceptions.RayActorError:
+        if not _ledger_lost(result):
+            result.warnings.append(LEDGER_LOST)
+            log(LEDGER_LOST)
+        return []
+
+
+def _ledger_lost(result: TrackResult) -> bool:
+    return LEDGER_LOST in result.warnings
 
 
 def _written_units(cfg: TrackConfig, chunks: list[Chunk], files: list[str], events: list[dict],
@@ -354,7 +373,9 @@ def _track_videos(cfg: TrackConfig, todo: list[str], sources: dict[str, dict], m
     multi = [c for c in chunks if c.n_chunks > 1]
     log(f"run {run_id}: {len(entries)} videos, {len(chunks)} chunks ({len(multi)} in {len({c.video_id for c in multi})}"
         f" long videos), {cfg.pool.actors} actor(s), detector {cfg.detector.kind}, tracker {cfg.tracker.kind}")
-    ledger = RunLedger.remote()
+    # beside the driver: a lost worker node does not take the run's messages with it
+    here = ray.get_runtime_context().get_node_id()
+    ledger = RunLedger.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
     cfg_dict = asdict(cfg)
     run_dir = fs.join(out, "crops", f"run-{run_id}")
     tmp_dir = fs.join(out, "_tmp", run_id)
@@ -364,18 +385,20 @@ def _track_videos(cfg: TrackConfig, todo: list[str], sources: dict[str, dict], m
             TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="final", ledger=ledger, use_gpu=use_gpu),
             **_pool_kwargs(cfg, use_gpu))
         files += _write(ds, fs.join(run_dir, "single"))
-    events = ray.get(ledger.events.remote())
+    events = _events(ledger, result, log)
     if multi:
         ds = _chunk_dataset(multi).map_batches(
             TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="raw", ledger=ledger, use_gpu=use_gpu),
             **_pool_kwargs(cfg, use_gpu))
         _write(ds, fs.join(tmp_dir, "raw"))
-        events = ray.get(ledger.events.remote())
+        events = _events(ledger, result, log)
         failed_now = {e["video_id"] for e in events if "error" in e}
-        log(f"stitching {len({c.video_id for c in multi})} chunked videos")
-        more, _ = _stitch_multi(cfg, multi, fs.join(tmp_dir, "raw"), fs.join(run_dir, "stitched"),
-                                           failed_now)
-        files += more
+        if _ledger_lost(result):  # which chunks failed is unknown: no chunked video is committed
+            log(f"{len({c.video_id for c in multi})} chunked videos left for the next run")
+        else:
+            log(f"stitching {len({c.video_id for c in multi})} chunked videos")
+            more, _ = _stitch_multi(cfg, multi, fs.join(tmp_dir, "raw"), fs.join(run_dir, "stitched"), failed_now)
+            files += more
     failed: dict[str, str] = {}
     for e in events:
         if "error" in e:
