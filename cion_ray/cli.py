@@ -135,12 +135,14 @@ def _curate(args: argparse.Namespace) -> int:
 
     cfg = curate_config_from_args(args)
     r = run_curate(cfg, overwrite=args.overwrite, address=args.address)
-    print(f"curated {r.report['videos']} videos in {r.seconds:.1f}s: {r.identities} identities, {r.samples} images")
+    state = " (nothing had changed: the committed output is current)" if r.current else ""
+    print(f"curated {r.report['videos']} videos in {r.seconds:.1f}s: {r.identities} identities, {r.samples} images"
+          + state)
     print(f"  identities: {r.out}/identities (Parquet; read through {r.out}/_manifest.json)")
-    if cfg.export_market:
-        print(f"  exports:    {r.out}/cion_al.json, {r.out}/market/bounding_box_train")
+    if r.exports:
+        print(f"  exports:    {', '.join(r.exports)}")
     else:
-        print("  exports:    none (--no-export)")
+        print("  exports:    none" + (" (--no-export)" if not cfg.export_market else " (no identities)"))
     print(f"  report:     {r.out}/report.txt   contact sheet: {r.out}/sheet.png")
     return 0
 

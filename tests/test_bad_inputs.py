@@ -254,7 +254,7 @@ def test_curate_no_export_prints_no_export_paths(monkeypatch, capsys, tmp_path):
     def fake_run_curate(cfg, overwrite=False, address=None):
         seen["export"] = cfg.export_market
         return types.SimpleNamespace(report={"videos": 2}, seconds=1.0, identities=3, samples=30,
-                                     out=cfg.out)
+                                     out=cfg.out, current=False, exports=[])
 
     monkeypatch.setattr(rc, "run_curate", fake_run_curate)
     assert main(["curate", "--crops", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--no-export"]) == 0
