@@ -183,6 +183,9 @@ def test_a_damaged_output_is_refused_by_its_readers(tiny_world, tmp_path):
         fh.write(b"junk")
     with pytest.raises(CionError, match="damaged.*changed since they were committed"):
         identities_files(str(tmp_path / "cur"))
+    from cion_ray.pretrain.data import load_labels
+    with pytest.raises(CionError, match="damaged"):  # pre-training reads the same check
+        load_labels(str(tmp_path / "cur"))
     first = runs.committed_files(str(crops), "track")[0]
     os.remove(first)
     with pytest.raises(CionError, match=r"committed track output is damaged: 1 of its \d+ files are missing"):

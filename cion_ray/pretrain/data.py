@@ -23,7 +23,7 @@ import numpy as np
 
 from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
 from cion_ray.errors import CionError
-from cion_ray.io import fs, runs
+from cion_ray.io import fs, runs, stage
 from cion_ray.io.crops import read_crop_images
 
 
@@ -118,6 +118,7 @@ def _load_labels(data: str, labels: str, crops: str, gt: str) -> LabelTable:
     if m is not None and m.get("stage") == "curate":
         if "identities" not in m:
             raise CionError(f"{data}: the curation there has not committed identities yet")
+        stage.check_records(data, m["identities"].get("records", []), "curation output")
         files = [fs.join(data, f) for f in m["identities"]["files"]]
         t = _read_parquet(files, ["crop_id", "identity", "video_id", "track_id"])
         crops = crops or m.get("config", {}).get("crops", "")
