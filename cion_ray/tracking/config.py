@@ -39,7 +39,7 @@ class TrackerConfig:
     track_high_thresh: float = 0.25
     track_low_thresh: float = 0.1
     new_track_thresh: float = 0.25
-    track_buffer: int = 30
+    track_buffer: int = 30  # frames of the source video a lost track is kept (a duration, at any frame step)
     match_thresh: float = 0.8
     fuse_score: bool = True
     gmc_method: str = "sparseOptFlow"  # botsort only
@@ -123,4 +123,8 @@ class TrackConfig:
         det.pop("batch")
         det.pop("mot")
         d["detector"] = det
+        if self.chunks.frame_step != 1 or self.chunks.target_fps > 0:
+            # the lost-track buffer counts source frames at any step (it counted sampled frames before):
+            # crops tracked at a step under the old rule are another computation
+            d["buffer"] = "source-frames/1"
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
