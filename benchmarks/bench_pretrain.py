@@ -28,12 +28,15 @@ from cion_ray.pretrain.config import PretrainConfig  # noqa: E402
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16 tensor-core peaks
 
 
-def cion_al(world: Path, out: Path) -> Path:
+def cion_al(world: Path) -> Path:
+    """The world's held-out split as a CION-AL JSON beside it (paths stay inside the JSON's folder)."""
     from cion_ray.synth import SynthConfig, generate_world
 
     generate_world(SynthConfig(), world)
     files = sorted((world / "reid").glob("*/*.jpg"))
-    entries = [{"file_path": str(f.resolve()), "id": int(f.name[:4])} for f in files if not f.name.startswith("-")]
+    entries = [{"file_path": str(f.relative_to(world)), "id": int(f.name[:4])} for f in files
+               if not f.name.startswith("-")]
+    out = world / "cion_al.json"
     out.write_text(json.dumps(entries))
     return out
 
@@ -131,7 +134,7 @@ def main() -> int:
     p.add_argument("--gpu", action="store_true", help="also run the GPU ResNet50 figure")
     p.add_argument("--gpu-batch", type=int, default=256)
     args = p.parse_args()
-    data = cion_al(Path(args.world), Path(tempfile.mkdtemp()) / "cion_al.json")
+    data = cion_al(Path(args.world))
     from cion_ray.runtime.session import ensure_ray
 
     ensure_ray(num_cpus=os.cpu_count())

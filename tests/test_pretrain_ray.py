@@ -25,7 +25,8 @@ def cion_al(default_world, tmp_path_factory):
     """The world's reid/bounding_box_train as CION-AL JSON: 16 identities, 144 images."""
     out = tmp_path_factory.mktemp("cion_al")
     train = default_world / "reid" / "bounding_box_train"
-    entries = [{"file_path": str(f), "id": int(f.name[:4])} for f in sorted(train.glob("*.jpg"))]
+    (out / "images").symlink_to(train)  # paths inside the JSON's folder
+    entries = [{"file_path": f"images/{f.name}", "id": int(f.name[:4])} for f in sorted(train.glob("*.jpg"))]
     (out / "cion_al.json").write_text(json.dumps(entries))
     return out / "cion_al.json"
 
