@@ -229,9 +229,28 @@ def test_a_cluster_too_small_leaves_nothing_and_the_fixed_command_runs(tmp_path,
         rp.run_pretrain(run_cfg(j, out, "scale.workers=3", *common), resume=True, log=lambda m: None)
     with pytest.raises(CionError, match="pre-training failed: training started"):  # not "holds a run already"
         rp.run_pretrain(run_cfg(j, out, "scale.workers=2", *common), log=lambda m: None)
-    assert json.loads((out / "pretrain.json").read_text())["config"]["scale"]["workers"] == 2
-    with pytest.raises(CionError, match="holds a pre-training run already"):
+    # it failed before its first checkpoint: nothing to resume, the folder is given back
+    assert not (out / "pretrain.json").exists() and not (out / "train").exists()
+    monkeypatch.setattr(ray.train.torch, "TorchTrainer", CheckpointThenFail)
+    with pytest.raises(CionError, match="pre-training failed: after a checkpoint"):
         rp.run_pretrain(run_cfg(j, out, "scale.workers=2", *common), log=lambda m: None)
+    assert json.loads((out / "pretrain.json").read_text())["config"]["scale"]["workers"] == 2
+    with pytest.raises(CionError, match="holds a pre-training run already"):  # resumable: kept
+        rp.run_pretrain(run_cfg(j, out, "scale.workers=2", *common), log=lambda m: None)
+
+
+class CheckpointThenFail:
+    """A run that wrote a checkpoint, then failed."""
+
+    def __init__(self, *a, run_config=None, **kw):
+        self.storage = run_config.storage_path
+
+    def fit(self):
+        import os
+        d = os.path.join(self.storage, "train", "checkpoint_000000")
+        os.makedirs(d)
+        open(os.path.join(d, "checkpoint.pt"), "wb").write(b"x")
+        raise RayWouldStart("after a checkpoint")
 
 
 def test_a_folder_refusal_comes_before_ray_starts(tmp_path, monkeypatch):

@@ -147,6 +147,16 @@ class PretrainResult:
     seconds: float
 
 
+def _release_without_checkpoint(out: str) -> None:
+    """A fresh run that failed before its first checkpoint holds nothing to resume: give the folder
+    back (its run file and Ray Train's storage), so the same command runs again once fixed."""
+    train = fs.join(out, "train")
+    if fs.exists(train) and fs.list_files(train, (CKPT_FILE,)):
+        return
+    fs.remove_tree(train)
+    fs.remove_tree(fs.join(out, RUN_FILE))
+
+
 def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool = False,
                  log=print) -> PretrainResult:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -177,7 +187,7 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     if short and not cfg.scale.allow_pending:
         raise CionError(f"{cfg.scale.workers} workers need {' and '.join(short)}; use fewer workers or fewer "
                         "resources per worker, or --set scale.allow_pending=true on an autoscaling cluster")
-    runs.claim_run_folder(cfg.out, RUN_FILE, cfg.fingerprint(), asdict(cfg), resume, "pre-training")
+    resuming = runs.claim_run_folder(cfg.out, RUN_FILE, cfg.fingerprint(), asdict(cfg), resume, "pre-training")
 
     storage_path, storage_fs = train_storage(cfg.out)
     trainer = TorchTrainer(
@@ -194,6 +204,8 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     try:
         result = trainer.fit()
     except Exception as e:  # a worker error arrives wrapped: show its message, not Ray's traceback
+        if not resuming:
+            _release_without_checkpoint(cfg.out)
         raise CionError(f"pre-training failed: {root_message(e)}") from None
     if result.checkpoint is None:
         raise CionError("pre-training ended without a checkpoint")
