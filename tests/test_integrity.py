@@ -208,3 +208,26 @@ def test_a_lost_ledger_costs_the_report_not_the_run():
             ray.get(ledger.events.remote())
     assert _events(ledger, result, lambda m: None) == [] and _events(ledger, result, lambda m: None) == []
     assert result.warnings == [LEDGER_LOST]
+
+
+def test_a_failed_overwrite_keeps_the_committed_crops(tiny_world, other_world, tmp_path, monkeypatch):
+    import cion_ray.runtime.track as track_rt
+
+    crops = tmp_path / "crops"
+    _track(tiny_world, crops)
+    committed = _tree(crops)
+
+    def dies(*a, **k):
+        raise RuntimeError("killed before the commit")
+    monkeypatch.setattr(track_rt.runs, "commit", dies)
+    with pytest.raises(RuntimeError, match="killed"):
+        _track(other_world, crops, overwrite=True)
+    monkeypatch.undo()
+    after = {k: v for k, v in _tree(crops).items() if not k.startswith("crops")}
+    assert after == {k: v for k, v in committed.items() if not k.startswith("crops")}
+    assert all(_tree(crops).get(k) == v for k, v in committed.items())  # every committed file still there
+    files = runs.committed_files(str(crops), "track")  # and readable as committed
+    assert sum(pq.read_metadata(f).num_rows for f in files) == sum(
+        u["crops"] for u in json.loads((crops / "_manifest.json").read_text())["units"].values())
+    _track(other_world, crops, overwrite=True)  # the overwrite that commits removes the old run's files
+    assert len(os.listdir(crops / "crops")) == 1

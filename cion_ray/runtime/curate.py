@@ -442,6 +442,7 @@ def _sheet(uri: str, crop_files: list[str], levels: list[dict], final: list[np.n
 def _check_inputs(cfg: CurateConfig) -> tuple[dict, list[str]]:
     if not cfg.crops or not cfg.out:
         raise CionError("curation needs the tracking output (--crops) and an output (--out)")
+    fs.check_output(cfg.out)  # a missing bucket or an unwritable folder fails before any work
     if cfg.embed.embedder.startswith("timm:"):
         if not cfg.embed.weights:
             raise CionError(f"the {cfg.embed.embedder} embedder needs --weights (a checkpoint path or s3:// URI)")
@@ -469,7 +470,6 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
                log: Callable[[str], None] = _log) -> CurateResult:
     t0 = time.perf_counter()
     crops_m, videos = _check_inputs(cfg)
-    fs.makedirs(cfg.out)
     m = runs.load_manifest(cfg.out, STAGE)
     previous = _previous(cfg.out, m)
     if overwrite:  # caches of other settings go; the committed output stays until the new one is published

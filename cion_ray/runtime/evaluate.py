@@ -101,6 +101,8 @@ def run_evaluate(cfg: EvaluateConfig, model=None, dataset: ReIDDataset | None = 
         from pathlib import Path
 
         fs.makedirs(str(Path(cfg.out).resolve().parent))  # an unwritable output fails now, not after the run
+    elif cfg.out:
+        fs.check_output(cfg.out)  # the bucket must exist (it is never created)
     if dataset is None:
         if not cfg.data:
             raise CionError("no dataset given (--data)")

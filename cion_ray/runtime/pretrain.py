@@ -167,6 +167,8 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
 
     if not cfg.out:
         raise CionError("pre-training needs an output (--out)")
+    if fs.is_remote(cfg.out):
+        fs.check_output(cfg.out)  # the bucket must exist (it is never created)
     cfg = replace(cfg, data=absolute(cfg.data), out=absolute(cfg.out), crops=absolute(cfg.crops),
                   eval_data=absolute(cfg.eval_data), gt=absolute(cfg.gt), init=absolute(cfg.init))
     # every check before the run folder is claimed: a refused run leaves nothing behind, so the

@@ -99,8 +99,9 @@ class TrackActor:
             self.ledger.record.remote({**where, "error": str(e)})
             return
         except Exception as e:  # keep the other videos going; the report carries the traceback's last line
-            self.ledger.record.remote({**where, "error": f"{chunk.uri}: internal error {type(e).__name__}: {e}",
-                                       "traceback": traceback.format_exc(limit=5)})
+            self.ledger.record.remote({**where, "error": fs.redact(f"{chunk.uri}: internal error "
+                                                                    f"{type(e).__name__}: {e}"),
+                                       "traceback": fs.redact(traceback.format_exc(limit=5))})
             return
         if self.mode == "final":
             table = final_table(chunk, res, self.cfg.crops.min_track_len)
@@ -192,6 +193,19 @@ def _stitch_multi(cfg: TrackConfig, chunks: list[Chunk], raw_uri: str, out_uri: 
     return _write(ds, out_uri), counts
 
 
+def _sweep(out: str, m: dict) -> None:
+    """After a commit: remove run folders under crops/ that the manifest does not name (a run
+    replaced by --overwrite, or one killed before its commit)."""
+    root = fs.join(out, "crops")
+    live = {f"run-{r['run_id']}" for r in m["runs"]}
+    if fs.exists(root):
+        f, path = fs.get_fs(root)
+        for child in f.ls(path, detail=False):
+            name = child.rstrip("/").rsplit("/", 1)[-1]
+            if name not in live:
+                fs.remove_tree(fs.join(root, name))
+
+
 def _events(ledger, result: TrackResult, log) -> list[dict]:
     """The run's chunk messages. They only report (errors, warnings, videos with no rows): what is
     committed is read from the rows written, so a lost ledger costs the report, never data."""
@@ -269,6 +283,7 @@ def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = N
     t0 = time.perf_counter()
     if not cfg.videos or not cfg.out:
         raise CionError("tracking needs an input (--videos) and an output (--out)")
+    fs.check_output(cfg.out)  # a missing bucket or an unwritable folder fails before any work
     if cfg.detector.kind == "yolo":
         check_weights(cfg.detector.weights)
     elif not cfg.detector.mot:
@@ -276,11 +291,9 @@ def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = N
     elif not fs.exists(cfg.detector.mot):
         raise CionError(f"{cfg.detector.mot}: not found (the --mot folder of detections)")
     out = cfg.out
-    fs.makedirs(out)
-    if overwrite:
-        for sub in (runs.MANIFEST, "crops", "_tmp", "report.json", "report.txt"):
-            fs.remove_tree(fs.join(out, sub))
     m = runs.load_manifest(out, STAGE)
+    if overwrite:  # a new output replaces the committed one when it commits, not before
+        m = None
     if m is not None:
         runs.check_fingerprint(m, cfg.fingerprint(), out)
     else:
@@ -411,8 +424,9 @@ def _track_videos(cfg: TrackConfig, todo: list[str], sources: dict[str, dict], m
     units = _written_units(cfg, chunks, files, events, failed, sources, run_id)
     run = {"run_id": run_id, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _rel(out, files),
            "videos": sorted(units)}
-    runs.commit(out, m, run, units)
+    m = runs.commit(out, m, run, units)
     fs.remove_tree(tmp_dir)
+    _sweep(out, m)
     result.busy_seconds = sum(e.get("seconds", 0.0) for e in events if e.get("done"))
     result.videos_done = sorted(units)
     result.crops = sum(u["crops"] for u in units.values())
