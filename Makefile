@@ -22,9 +22,10 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) jobs/demo.py --out runs/demo
 
-## test: the default test suite (slow tests excluded; `make test-all` runs them too)
+## test: the default test suite (slow tests excluded; `make test-all` runs them too). Under CI
+## (CI set, as .ci/run does) it adds the multi-node fault-injection tests (marker `cluster`).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest $(if $(CI),-m "not slow")
 
 test-all: $(STAMP)
 	$(PY) -m pytest -m ""
