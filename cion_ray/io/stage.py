@@ -161,3 +161,15 @@ def publish_link(out: str, name: str, target: str) -> None:
         os.unlink(tmp)
     os.symlink(target, tmp)
     os.replace(tmp, link)
+
+
+def remove_unnamed(root: str, keep: set[str]) -> None:
+    """After a commit: remove the entries directly under `root` whose names are not in `keep` (the
+    runs a manifest no longer names: replaced ones, and any a killed run left before its commit)."""
+    if not fs.exists(root):
+        return
+    f, path = fs.get_fs(root)
+    for child in f.ls(path, detail=False):
+        name = child.rstrip("/").rsplit("/", 1)[-1]
+        if name not in keep:
+            fs.remove_tree(fs.join(root, name))

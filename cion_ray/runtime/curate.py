@@ -622,14 +622,8 @@ def _remove_previous(out: str, previous: dict, m: dict) -> None:
     died before its commit left under identities/ or exports/."""
     keep_ids = {f.split("/")[1] for f in m["identities"]["files"] if f.count("/") >= 2}
     keep_ids.add(f"run-{m['identities']['run_id']}")
-    for sub, keep in (("identities", keep_ids), ("exports", {m["exports"].split("/", 1)[1]})):
-        root = fs.join(out, sub)
-        if fs.exists(root):
-            f, path = fs.get_fs(root)
-            for child in f.ls(path, detail=False):
-                name = child.rstrip("/").rsplit("/", 1)[-1]
-                if name not in keep:
-                    fs.remove_tree(fs.join(root, name))
+    stage.remove_unnamed(fs.join(out, "identities"), keep_ids)
+    stage.remove_unnamed(fs.join(out, "exports"), {m["exports"].split("/", 1)[1]})
     if previous.get("legacy"):
         fs.remove_tree(fs.join(out, "cion_al"))
         if not os.path.islink(fs.join(out, "market")):

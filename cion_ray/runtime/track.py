@@ -196,14 +196,7 @@ def _stitch_multi(cfg: TrackConfig, chunks: list[Chunk], raw_uri: str, out_uri: 
 def _sweep(out: str, m: dict) -> None:
     """After a commit: remove run folders under crops/ that the manifest does not name (a run
     replaced by --overwrite, or one killed before its commit)."""
-    root = fs.join(out, "crops")
-    live = {f"run-{r['run_id']}" for r in m["runs"]}
-    if fs.exists(root):
-        f, path = fs.get_fs(root)
-        for child in f.ls(path, detail=False):
-            name = child.rstrip("/").rsplit("/", 1)[-1]
-            if name not in live:
-                fs.remove_tree(fs.join(root, name))
+    stage.remove_unnamed(fs.join(out, "crops"), {f"run-{r['run_id']}" for r in m["runs"]})
 
 
 def _events(ledger, result: TrackResult, log) -> list[dict]:
