@@ -113,7 +113,7 @@ DOCS = st.one_of(WELL_FORMED, SPOILED, st.lists(ENTRY, max_size=8),
                  st.dictionaries(st.text(max_size=3), st.integers(), max_size=2), st.text(max_size=5), st.none())
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(doc=DOCS)
 def test_fuzz_a_json_loads_correctly_or_is_a_one_line_error_naming_it(tmp_path, doc):
     j = write_json(tmp_path, doc)
@@ -273,7 +273,7 @@ def test_a_folder_refusal_comes_before_ray_starts(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- the check is the sampler's own rule
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(sizes=st.lists(st.integers(1, 5), min_size=1, max_size=14), workers=st.integers(1, 4),
        batch=st.integers(1, 12), ks=st.lists(st.integers(1, 12), min_size=1, max_size=3),
        epochs=st.integers(1, 5), seed=st.integers(0, 3))

@@ -265,10 +265,13 @@ def probe_video(source: str | Path | BinaryIO, name: str | None = None) -> Video
                 frames = sum(1 for p in c.demux(s) if p.size > 0)
             except av.error.FFmpegError as e:
                 raise CionError(f"{name}: unreadable video ({e})") from None
-        w, h = s.codec_context.width, s.codec_context.height
+        cc = s.codec_context
+        if cc is None:  # a stream of a codec this FFmpeg cannot decode (a damaged header, say)
+            raise CionError(f"{name}: video stream has no decoder")
+        w, h = cc.width, cc.height
         if not w or not h:
             raise CionError(f"{name}: video stream has no size")
-        return VideoInfo(fps=fps, frames=frames, width=w, height=h, codec=s.codec_context.name)
+        return VideoInfo(fps=fps, frames=frames, width=w, height=h, codec=cc.name)
 
 
 def iter_frames(source: str | Path | BinaryIO, start: int = 0, stop: int | None = None,
