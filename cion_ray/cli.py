@@ -1,8 +1,14 @@
-"""The `cion-ray` command line: parse, build, run. Each stage lives in its own module;
-heavy imports (Ray, torch) happen inside the command that needs them."""
+"""cion-ray turns street videos into identity-labelled person crops and pre-trains, evaluates and
+fine-tunes person re-identification backbones on them, on a Ray cluster.
+
+The command line: parse, build, run. Each stage lives in its own module; heavy imports (Ray,
+torch) happen inside the command that needs them.
+"""
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
 
 from cion_ray.errors import CionError
@@ -12,6 +18,8 @@ def _synth(args: argparse.Namespace) -> int:
     from cion_ray.config import load_config
     from cion_ray.synth import SynthConfig, generate_world, preset
 
+    if args.workers < 0:
+        raise CionError(f"--workers must be >= 0 (0: one per core), got {args.workers}")
     direct = {k: getattr(args, k) for k in ("videos", "identities", "frames", "seed", "cameras", "width", "height")}
     cfg = load_config(SynthConfig, args.config, args.set, base=preset(args.preset), values=direct)
     s = generate_world(cfg, args.out, workers=args.workers, force=args.force)
@@ -415,8 +423,58 @@ def _zoo(args: argparse.Namespace) -> int:
     return 0
 
 
+def first_sentence(text: str) -> str:
+    """The first sentence of `text` (a docstring), its lines joined."""
+    return re.split(r"(?<=[.!?])\s", " ".join(text.split()), maxsplit=1)[0]
+
+
+def version_line() -> str:
+    """"cion-ray X (ray Y, torch Z, python W)" from package metadata: nothing is imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(dist: str) -> str:
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    py = ".".join(map(str, sys.version_info[:3]))
+    return f"cion-ray {v('cion-ray')} (ray {v('ray')}, torch {v('torch')}, python {py})"
+
+
+VERBOSE_HELP = "more log output (Ray's included); sets CION_RAY_VERBOSE=1"
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    """--verbose after the subcommand too (`cion-ray track --verbose`); SUPPRESS keeps a subparser
+    from resetting what was given before the subcommand."""
+    try:
+        parser.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+    except argparse.ArgumentError:  # the subcommand defines its own --verbose
+        return
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _add_verbose(child)
+
+
+def _add_run(sub) -> None:
+    """`cion-ray run`, when cion_ray.pipeline.command is there (the CLI works without it)."""
+    try:
+        from cion_ray.pipeline.command import add_args, run
+    except ImportError:
+        return
+    s = sub.add_parser("run", help="run the whole pipeline from one YAML config: track -> curate -> pretrain -> "
+                                   "evaluate")
+    add_args(s)
+    s.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cion-ray", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="cion-ray", description=first_sentence(__doc__),
+                                epilog="Config keys of every stage (--config YAML, --set): docs/config.md")
+    p.add_argument("--version", action="version", version=version_line())
+    p.add_argument("--verbose", action="store_true", help=VERBOSE_HELP)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("synth", help="generate the synthetic multi-camera pedestrian world")
@@ -467,12 +525,20 @@ def build_parser() -> argparse.ArgumentParser:
     zl = zs.add_parser("list", help="names, parameter counts and feature sizes (builds each model on the CPU)")
     zl.add_argument("--all", action="store_true", help="include the tiny test variants")
     zl.set_defaults(func=_zoo)
+    _add_run(sub)
+    for choice in sub._choices_actions:  # `cion-ray CMD -h` opens with the line `cion-ray -h` lists
+        child = sub.choices[choice.dest]
+        child.description = child.description or choice.help[:1].upper() + choice.help[1:] + "."
+    for child in sub.choices.values():
+        _add_verbose(child)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        os.environ["CION_RAY_VERBOSE"] = "1"  # before any stage runs: the runtime reads it when Ray starts
     try:
         return args.func(args)
     except CionError as e:
