@@ -17,18 +17,21 @@ class EmbedConfig:
     """`handcrafted` (no weights) or `timm:<name>` with `weights` (path or s3:// URI; a plain state dict,
     a timm checkpoint, or a cion-ray pre-training checkpoint)."""
 
-    embedder: str = "handcrafted"
-    weights: str = ""
+    embedder: str = "handcrafted"  # handcrafted (a weights-free descriptor) or timm:<name> (needs weights)
+    weights: str = ""  # timm embedder checkpoint: path or s3:// URI
     dtype: str = "float32"  # stored embedding type: float32 or float16
-    batch: int = 256
-    height: int = 256
-    width: int = 128
+    batch: int = 256  # crops per forward pass
+    height: int = 256  # embedder input height in pixels
+    width: int = 128  # embedder input width in pixels
 
     def __post_init__(self):
         if self.embedder != "handcrafted" and not self.embedder.startswith("timm:"):
             raise ConfigError(f"embedder must be 'handcrafted' or 'timm:<name>', got {self.embedder!r}")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"embed.dtype must be float32 or float16, got {self.dtype!r}")
+        if self.batch < 1 or self.height < 8 or self.width < 8:
+            raise ConfigError(f"embed: need batch >= 1, height >= 8 and width >= 8, got {self.batch}, "
+                              f"{self.height} and {self.width}")
 
 
 @dataclass
@@ -37,10 +40,10 @@ class DenoiseConfig:
     tracklet keeps at least); L2: `merge` (centroid distance under which tracklets of one video
     merge) and `margin` (how much closer another identity must be for a sample to move)."""
 
-    radius: float = 0.20
-    min_len: int = 4
-    merge: float = 0.06
-    margin: float = 0.05
+    radius: float = 0.20  # L1: samples farther than this from their tracklet's centroid are dropped
+    min_len: int = 4  # L1: samples a tracklet keeps at least (shorter tracklets are dropped)
+    merge: float = 0.06  # L2: tracklets of one video whose centroids are closer than this merge
+    margin: float = 0.05  # L2: a sample moves to another identity only when that one is this much closer
 
     def __post_init__(self):
         if not (0 < self.radius <= 2 and 0 <= self.merge <= 2 and self.margin >= 0 and self.min_len >= 1):
@@ -54,13 +57,13 @@ class LinkConfig:
     lie farther than `drift` from their centroid are split; identities with fewer than `min_images`
     samples are dropped at the end."""
 
-    window: int = 6
-    stride: int = 3
-    k: int = 2
-    threshold: float = 0.08
-    drift: float = 0.08
-    min_images: int = 8
-    use_gpu: bool = False
+    window: int = 6  # videos per sliding range (W)
+    stride: int = 3  # videos between range starts (S, 1 <= S < W)
+    k: int = 2  # identities of different videos link only as mutual k-nearest neighbours
+    threshold: float = 0.08  # ... and closer than this
+    drift: float = 0.08  # linked components with members farther than this from their centroid are split
+    min_images: int = 8  # identities with fewer samples are dropped at the end
+    use_gpu: bool = False  # neighbour search on a GPU (faiss) when there is one
 
     def __post_init__(self):
         if self.window < 2 or not 1 <= self.stride < self.window:
@@ -73,8 +76,8 @@ class LinkConfig:
 class PoolConfig:
     """The embedding actor pool: `actors` actors with these resources each."""
 
-    actors: int = 1
-    cpus_per_actor: float = 1.0
+    actors: int = 1  # embedding actors
+    cpus_per_actor: float = 1.0  # CPUs each actor reserves
     gpus_per_actor: float = -1.0  # < 0: 1 for timm embedders when the cluster has GPUs, else 0
 
     def __post_init__(self):
@@ -89,14 +92,16 @@ TIMM_PREPROCESS = "pil-bicubic/1"
 
 @dataclass
 class CurateConfig:
+    """The curation stage (`cion-ray curate`): crops in, denoised cross-video identities out."""
+
     crops: str = ""  # output of the track stage (folder or s3:// prefix with _manifest.json)
-    out: str = ""
+    out: str = ""  # output folder or s3:// prefix
     gt: str = ""  # synthetic world folder (mot/ + identities.json) or a MOT folder, for quality figures
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)
-    link: LinkConfig = field(default_factory=LinkConfig)
-    pool: PoolConfig = field(default_factory=PoolConfig)
-    export_market: bool = True
+    embed: EmbedConfig = field(default_factory=EmbedConfig)  # how crops become embeddings
+    denoise: DenoiseConfig = field(default_factory=DenoiseConfig)  # L1 and L2: within a tracklet and a video
+    link: LinkConfig = field(default_factory=LinkConfig)  # L3: across videos, in sliding ranges
+    pool: PoolConfig = field(default_factory=PoolConfig)  # the embedding actor pool
+    export_market: bool = True  # also write the CION-AL images and a Market-1501 folder
 
     def embed_fingerprint(self) -> str:
         d = asdict(self.embed)
