@@ -1,0 +1,422 @@
+"""The pipeline run: track -> curate -> pretrain -> evaluate, each stage skipped when what it
+would produce is already committed for the same inputs, resumed when it was interrupted.
+
+What is committed, stage by stage:
+- track and curate: their own manifests (`crops/_manifest.json`, `curated/_manifest.json`); a
+  stage whose manifest already covers its inputs is skipped without starting Ray.
+- pretrain: a run folder named by the content key of its inputs (the curated identities' file
+  records and the pre-training settings), `pretrain/<key>/`; an interrupted run there resumes from
+  its last checkpoint, a run on other data or settings gets another folder (nothing is replaced).
+- evaluate: `evaluate/<key>.json`, keyed by the checkpoint's record and the evaluation settings.
+`_pipeline.json` under the output records each finished stage (its key and output records); a
+stage is skipped only when its key matches and its outputs still pass their records.
+
+`status.json` under the output says what is running now (stage, progress, ETA) and what each
+stage did; the Ray job's metadata (set at submission) names the pipeline and its run id.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+from cion_ray.errors import CionError
+from cion_ray.io import fs, runs, stage
+from cion_ray.pipeline.config import PipelineConfig, digest, stage_configs, to_yaml
+
+PIPELINE_FILE = "_pipeline.json"
+STATUS_FILE = "status.json"
+CONFIG_FILE = "pipeline.yaml"
+FORMAT = "cion-ray-pipeline/1"
+
+
+@dataclass
+class StageResult:
+    name: str
+    state: str  # "done" (ran now) or "skipped" (committed before, for the same inputs)
+    summary: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    metrics: dict = field(default_factory=dict)
+
+
+@dataclass
+class PipelineResult:
+    out: str
+    run_id: str
+    stages: list[StageResult]
+    seconds: float
+    study: dict | None = None  # data-percentage study: rows and table/plot files
+
+
+def job_info() -> dict:
+    """The Ray job this driver runs in (submission id and metadata), {} outside a submitted job."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return {}
+    try:
+        meta = json.loads(raw).get("metadata") or {}
+    except ValueError:
+        return {}
+    return {"submission_id": meta.get("job_submission_id", ""), "metadata": meta}
+
+
+class Status:
+    """status.json: the pipeline's state as a person or a dashboard reads it, kept current."""
+
+    def __init__(self, out: str, run_id: str, cfg: PipelineConfig, every: float = 5.0):
+        self.uri = fs.join(out, STATUS_FILE)
+        self.every = every
+        self._lock = threading.Lock()
+        self._last = 0.0
+        self.doc = {"format": FORMAT, "name": cfg.name, "run_id": run_id, "state": "RUNNING", "stage": None,
+                    "config": CONFIG_FILE, "config_digest": digest(cfg), "job": job_info(),
+                    "started": _now(), "updated": _now(),
+                    "stages": {s: {"state": "pending"} for s in cfg.stages}}
+        self.write()
+
+    def write(self) -> None:
+        with self._lock:
+            self.doc["updated"] = _now()
+            fs.write_json(self.uri, self.doc)
+            self._last = time.monotonic()
+
+    def start(self, name: str) -> None:
+        self.doc["stage"] = name
+        self.doc["stages"][name] = {"state": "running", "started": _now()}
+        self.write()
+
+    def end(self, r: StageResult) -> None:
+        entry = self.doc["stages"][r.name]
+        entry.update(state=r.state, finished=_now(), seconds=round(r.seconds, 1), summary=r.summary,
+                     outputs=r.outputs)
+        entry.pop("progress", None)
+        self.write()
+
+    def progress(self, event: dict) -> None:
+        """A listener of cion_ray.progress: the running stage's counts, rate and ETA."""
+        name = self.doc.get("stage")
+        if name is None:
+            return
+        self.doc["stages"][name]["progress"] = {k: event.get(k) for k in ("stage", "done", "total", "unit",
+                                                                          "rate", "eta_s")}
+        if time.monotonic() - self._last >= self.every or event.get("finished"):
+            try:
+                self.write()
+            except Exception:  # a status write must never stop the work it reports on
+                pass
+
+    def finish(self, state: str, error: str = "") -> None:
+        self.doc["state"] = state
+        if error:
+            self.doc["error"] = error
+            name = self.doc.get("stage")
+            if name and self.doc["stages"][name].get("state") == "running":
+                self.doc["stages"][name]["state"] = "failed"
+        else:
+            self.doc["stage"] = None
+        self.write()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class _Ledger:
+    """_pipeline.json: each finished stage's input key and output records."""
+
+    def __init__(self, out: str):
+        self.uri = fs.join(out, PIPELINE_FILE)
+        self.doc = fs.read_json(self.uri) if fs.exists(self.uri) else {"format": FORMAT, "stages": {}}
+        if self.doc.get("format") != FORMAT:
+            raise CionError(f"{self.uri}: not a cion-ray pipeline record ({self.doc.get('format')!r})")
+
+    def done(self, out: str, name: str, key: str) -> dict | None:
+        """The recorded outputs of stage `name` for input `key`, when they are still intact."""
+        rec = self.doc["stages"].get(name, {}).get(key)
+        if rec is None:
+            return None
+        try:
+            stage.check_records(out, rec["records"], f"the {name} stage's output")
+        except CionError:
+            return None
+        return rec
+
+    def record(self, name: str, key: str, outputs: dict, records: list[dict], metrics: dict) -> None:
+        self.doc["stages"].setdefault(name, {})[key] = {"outputs": outputs, "records": records, "metrics": metrics,
+                                                         "finished": _now()}
+        fs.write_json(self.uri, self.doc)
+
+
+@dataclass
+class _Ctx:
+    cfg: PipelineConfig
+    out: str
+    address: str | None
+    overwrite: set[str]
+    log: Callable[[str], None]
+    ledger: _Ledger
+    status: Status
+    configs: dict
+
+
+def run_pipeline(cfg: PipelineConfig, address: str | None = None, overwrite: tuple[str, ...] = (),
+                 log: Callable[[str], None] = print) -> PipelineResult:
+    """Run cfg.stages in order under cfg.out; see the module docstring for what is skipped."""
+    t0 = time.perf_counter()
+    out = cfg.out.rstrip("/")
+    if not fs.is_remote(out):
+        from pathlib import Path
+
+        out = str(Path(out).resolve())
+        cfg = replace(cfg, out=out)
+    fs.check_output(out)
+    bad = [s for s in overwrite if s not in ("track", "curate")]
+    if bad:
+        raise CionError(f"--overwrite {bad[0]}: only the track and curate outputs are replaced in place (pre-training "
+                        "and evaluation outputs are keyed by their inputs and never overwritten)")
+    run_id = runs.new_run_id()
+    fs.write_bytes_atomic(fs.join(out, CONFIG_FILE), to_yaml(cfg).encode())
+    ctx = _Ctx(cfg, out, address, set(overwrite), log, _Ledger(out), Status(out, run_id, cfg), stage_configs(cfg))
+    listener = _listen(ctx.status)
+    results: list[StageResult] = []
+    fractions = list(cfg.fractions) or [None]
+    try:
+        for name in cfg.stages:
+            log(f"== {name} ({cfg.stages.index(name) + 1}/{len(cfg.stages)}) ==")
+            ctx.status.start(name)
+            s0 = time.perf_counter()
+            if name in ("pretrain", "evaluate"):
+                parts = [STAGE_FUNCS[name](ctx, results, f) for f in fractions]
+                r = parts[0] if len(parts) == 1 else _combine(name, parts)
+            else:
+                r = STAGE_FUNCS[name](ctx, results, None)
+            r.seconds = time.perf_counter() - s0
+            results.append(r)
+            ctx.status.end(r)
+            log(f"   {name}: {r.state}: {r.summary}")
+        study = _study(ctx, results) if cfg.fractions and "evaluate" in cfg.stages else None
+    except BaseException as e:
+        ctx.status.finish("FAILED", fs.redact(str(e)) or type(e).__name__)
+        raise
+    finally:
+        _unlisten(listener)
+    ctx.status.finish("SUCCEEDED")
+    return PipelineResult(out, run_id, results, time.perf_counter() - t0, study)
+
+
+def _listen(status: Status):
+    try:
+        from cion_ray import progress
+    except ImportError:  # progress reporting is optional for status.json
+        return None
+    progress.add_listener(status.progress)
+    return status.progress
+
+
+def _unlisten(listener) -> None:
+    if listener is not None:
+        from cion_ray import progress
+
+        progress.remove_listener(listener)
+
+
+# ---- the stages ----------------------------------------------------------------------------------
+
+def _track(ctx: _Ctx, done: list[StageResult], _fraction) -> StageResult:
+    from cion_ray.runtime.track import run_track
+
+    tcfg = ctx.configs["track"]
+    out = tcfg.out
+    if "track" not in ctx.overwrite:
+        n = _track_current(tcfg)
+        if n is not None:
+            return StageResult("track", "skipped", f"all {n} videos committed in {out}", {"crops": out})
+    r = run_track(tcfg, overwrite="track" in ctx.overwrite, address=ctx.address, log=ctx.log)
+    skipped = f"; {len(r.skipped)} skipped (see {out}/report.txt)" if r.skipped else ""
+    return StageResult("track", "done", f"{len(r.videos_done)} videos tracked ({r.frames} frames): {r.tracklets} "
+                       f"tracklets, {r.crops} crops; {len(r.videos_skipped_finished)} committed before{skipped}",
+                       {"crops": out, "report": f"{out}/report.txt"},
+                       metrics={"videos": len(r.videos_done), "crops": r.crops, "tracklets": r.tracklets})
+
+
+def _track_current(tcfg) -> int | None:
+    """The number of videos when every video under tcfg.videos is committed in tcfg.out, unchanged
+    and with intact files, under the same settings; else None (the stage runs)."""
+    from cion_ray.runtime.track import STAGE, _sources
+    from cion_ray.tracking.manifest import list_videos, video_id_of
+
+    m = runs.load_manifest(tcfg.out, STAGE)
+    if m is None or m.get("fingerprint") != tcfg.fingerprint():
+        return None
+    uris = list_videos(tcfg.videos)
+    units = m.get("units", {})
+    sources = _sources(uris, units)
+    for u in uris:
+        v = video_id_of(u)
+        if v not in units or v not in sources or not stage.same_source(units[v].get("source"), sources[v]):
+            return None
+    try:
+        runs.committed_files(tcfg.out, STAGE)
+    except CionError:
+        return None
+    return len(uris)
+
+
+def _curate(ctx: _Ctx, done: list[StageResult], _fraction) -> StageResult:
+    from cion_ray.runtime.curate import run_curate
+
+    ccfg = ctx.configs["curate"]
+    r = run_curate(ccfg, overwrite="curate" in ctx.overwrite, address=ctx.address, log=ctx.log)
+    outputs = {"curated": ccfg.out, "report": f"{ccfg.out}/report.txt"}
+    outputs.update({f"export{i}": e for i, e in enumerate(r.exports)})
+    summary = f"{r.identities} identities, {r.samples} images from {r.report['videos']} videos"
+    return StageResult("curate", "skipped" if r.current else "done",
+                       summary + (" (committed before, inputs unchanged)" if r.current else ""), outputs,
+                       metrics={"identities": r.identities, "images": r.samples})
+
+
+def _pretrain_key(ctx: _Ctx, pcfg) -> str:
+    """The content key of a pre-training run: its data's committed records and its settings."""
+    from cion_ray.runtime.curate import STAGE as CURATE
+
+    m = runs.load_manifest(pcfg.data, CURATE) if fs.exists(fs.join(pcfg.data, runs.MANIFEST)) else None
+    if m is not None and m.get("identities"):
+        data_key = stage.content_key(m["identities"].get("records") or m["identities"].get("files"))
+    else:  # a CION-AL JSON or another input given in the pretrain section: its file's identity
+        data_key = stage.content_key(stage.source_identity(pcfg.data))
+    return stage.content_key(data_key, pcfg.fingerprint())[:12]
+
+
+def _pretrain(ctx: _Ctx, done: list[StageResult], fraction) -> StageResult:
+    from cion_ray.runtime.pretrain import RUN_FILE, run_pretrain
+
+    pcfg = ctx.configs["pretrain"]
+    if fraction is not None:
+        pcfg = replace(pcfg, data_fraction=fraction)
+    key = _pretrain_key(ctx, pcfg)
+    run = f"{ctx.out}/pretrain/{_fraction_prefix(fraction)}{key}"
+    pcfg = replace(pcfg, out=run)
+    rec = ctx.ledger.done(ctx.out, "pretrain", key)
+    if rec is not None:
+        return StageResult("pretrain", "skipped", f"finished before in {run}", rec["outputs"], metrics=rec["metrics"])
+    resume = fs.exists(fs.join(run, RUN_FILE))
+    if resume:
+        ctx.log(f"   resuming the interrupted pre-training run in {run}")
+    r = run_pretrain(pcfg, address=ctx.address, resume=resume, log=ctx.log)
+    outputs = {"run": run, **{name: uri for name, uri in r.exports.items()}}
+    metrics = {k: v for k, v in r.metrics.items() if isinstance(v, (int, float, str))}
+    if fraction is not None:
+        metrics["fraction"] = fraction
+    records = stage.file_records(ctx.out, list(r.exports.values()))
+    ctx.ledger.record("pretrain", key, outputs, records, metrics)
+    loss = r.metrics.get("loss")
+    return StageResult("pretrain", "done", f"{r.metrics.get('epoch')} epochs"
+                       + (f", loss {loss:.4f}" if isinstance(loss, float) else "") + f" -> {run}", outputs,
+                       metrics=metrics)
+
+
+def _fraction_prefix(fraction) -> str:
+    return "" if fraction is None else f"f{fraction:g}-"
+
+
+def _evaluate(ctx: _Ctx, done: list[StageResult], fraction) -> StageResult:
+    from cion_ray.runtime.evaluate import run_evaluate
+
+    ecfg = ctx.configs["evaluate"]
+    weights = ecfg.weights or _trained_weights(done, fraction)
+    key = stage.content_key(_weights_identity(weights), json.dumps(asdict(replace(ecfg, weights="", out="")),
+                                                                  sort_keys=True, default=list))[:12]
+    uri = f"{ctx.out}/evaluate/{_fraction_prefix(fraction)}{key}.json"
+    rec = ctx.ledger.done(ctx.out, "evaluate", key)
+    if rec is not None:
+        return StageResult("evaluate", "skipped", _eval_summary(rec["metrics"]) + " (evaluated before)",
+                           rec["outputs"], metrics=rec["metrics"])
+    result = run_evaluate(replace(ecfg, weights=weights, out=uri), address=ctx.address, log=ctx.log)
+    metrics = {k: result["metrics"][k] for k in ("mAP", "rank1", "mINP") if k in result.get("metrics", {})}
+    if fraction is not None:
+        metrics["fraction"] = fraction
+    outputs = {"result": uri, "weights": weights}
+    ctx.ledger.record("evaluate", key, outputs, stage.file_records(ctx.out, [uri]), metrics)
+    return StageResult("evaluate", "done", _eval_summary(metrics), outputs, metrics=metrics)
+
+
+def _trained_weights(done: list[StageResult], fraction) -> str:
+    """The backbone the pretrain stage exported (for `fraction`, in a study)."""
+    pre = next(r for r in done if r.name == "pretrain")
+    per = pre.metrics.get("runs")
+    return per[f"{fraction:g}"] if per else pre.outputs["backbone.pth"]
+
+
+def _weights_identity(weights: str) -> object:
+    """What the checkpoint is (content, not the time it was written); a name where it is not a file."""
+    try:
+        ident = stage.source_identity(weights)
+    except CionError:
+        return weights  # a folder (a run) or "random"
+    return {k: v for k, v in ident.items() if k != "mtime"}
+
+
+def _eval_summary(m: dict) -> str:
+    if "mAP" not in m:
+        return "evaluated"
+    return f"mAP {m['mAP']:.3f}, rank-1 {m.get('rank1', float('nan')):.3f}, mINP {m.get('mINP', float('nan')):.3f}"
+
+
+def _combine(name: str, parts: list[StageResult]) -> StageResult:
+    """One stage result for a study's runs (one per fraction)."""
+    state = "skipped" if all(p.state == "skipped" for p in parts) else "done"
+    outputs = {f"{p.metrics.get('fraction'):g}": p.outputs.get("backbone.pth") or p.outputs.get("result", "")
+               for p in parts}
+    metrics = {"runs": outputs, "per_fraction": [p.metrics for p in parts]}
+    summary = "; ".join(f"{p.metrics.get('fraction'):g}: {p.summary}" for p in parts)
+    return StageResult(name, state, summary, outputs, metrics=metrics)
+
+
+def _study(ctx: _Ctx, results: list[StageResult]) -> dict:
+    """The data-percentage study's table (CSV, Markdown) and plot (mAP and rank-1 against the
+    percentage of identities), from the evaluate stage's per-fraction results."""
+    ev = next(r for r in results if r.name == "evaluate")
+    rows = sorted(({"fraction": m["fraction"], "mAP": m.get("mAP"), "rank1": m.get("rank1"), "mINP": m.get("mINP")}
+                   for m in ev.metrics.get("per_fraction", [ev.metrics])), key=lambda r: r["fraction"])
+    csv = "fraction,mAP,rank1,mINP\n" + "".join(
+        f"{r['fraction']:g},{r['mAP']:.4f},{r['rank1']:.4f},{r['mINP']:.4f}\n" for r in rows)
+    md = "| data | mAP | rank-1 | mINP |\n|---:|---:|---:|---:|\n" + "".join(
+        f"| {r['fraction'] * 100:g}% | {r['mAP']:.3f} | {r['rank1']:.3f} | {r['mINP']:.3f} |\n" for r in rows)
+    files = {"study.csv": fs.join(ctx.out, "study.csv"), "study.md": fs.join(ctx.out, "study.md"),
+             "study.png": fs.join(ctx.out, "study.png")}
+    fs.write_bytes_atomic(files["study.csv"], csv.encode())
+    fs.write_bytes_atomic(files["study.md"], md.encode())
+    fs.write_bytes_atomic(files["study.png"], _study_png(rows, ctx.cfg))
+    ctx.log(md.rstrip())
+    return {"rows": rows, "files": files}
+
+
+def _study_png(rows: list[dict], cfg: PipelineConfig) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["fraction"] * 100 for r in rows]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
+    ax.plot(x, [r["mAP"] * 100 for r in rows], "o-", label="mAP")
+    ax.plot(x, [r["rank1"] * 100 for r in rows], "s--", label="rank-1")
+    ax.set_xlabel("curated identities used for pre-training (%)")
+    ax.set_ylabel("%")
+    ax.set_title(f"{cfg.pretrain.model.arch}: held-out retrieval against data", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+STAGE_FUNCS = {"track": _track, "curate": _curate, "pretrain": _pretrain, "evaluate": _evaluate}
