@@ -40,20 +40,23 @@ LABELS = {"instance": "(a) single instances, K=1", "tracklet": "(b) tracklets", 
 
 @dataclass
 class CompareConfig:
+    """The comparison (`cion-ray compare`): one pre-training arm per data source, on held-out people.
+    It has no --config; `overrides` change the pre-training profile."""
+
     data: str = ""  # a curated output (identities + the crops they came from)
     eval_data: str = ""  # held-out split: any dataset folder cion-ray evaluate reads (e.g. <world>/reid)
     gt: str = ""  # the synthetic world (or MOT folder) for the gt arm
     imagenet: str = ""  # ImageNet weights for the imagenet arms (make imagenet-weights; arch mobilenetv2)
-    out: str = ""
+    out: str = ""  # output folder (local or shared by every node)
     arms: tuple[str, ...] = ()  # () = DEFAULT_ARMS, with gt and the imagenet arms when their inputs are given
     profile: str = "configs/small.yaml"  # the pre-training config every distillation arm starts from
     overrides: tuple[str, ...] = ()  # --set-style overrides of the profile (e.g. model.arch=resnet18_ibn)
     seeds: tuple[int, ...] = (0,)  # each arm runs once per seed (initialisation and sampling)
     finetune_steps: int = 0  # > 0: also fine-tune each backbone on the held-out split's training people
-    finetune_lr: float = 1e-3
+    finetune_lr: float = 1e-3  # learning rate of that fine-tuning
     parallel: int = 0  # arms at once (0: as many as the cluster's CPUs / cpus_per_arm)
-    cpus_per_arm: float = 1.0
-    gpus_per_arm: float = 0.0
+    cpus_per_arm: float = 1.0  # CPUs each arm's Ray task reserves
+    gpus_per_arm: float = 0.0  # GPUs each arm's Ray task reserves
     threads: int = 1  # torch threads per arm (more than the arm's CPUs slows everything down)
 
     def __post_init__(self):
@@ -69,6 +72,11 @@ class CompareConfig:
             raise ConfigError("the imagenet arms need imagenet: a weights file (make imagenet-weights)")
         if self.finetune_steps < 0 or self.parallel < 0 or self.cpus_per_arm <= 0 or self.threads < 1:
             raise ConfigError("need finetune_steps >= 0, parallel >= 0, cpus_per_arm > 0 and threads >= 1")
+        if self.finetune_lr <= 0 or self.gpus_per_arm < 0:
+            raise ConfigError(f"need finetune_lr > 0 and gpus_per_arm >= 0, got {self.finetune_lr} and "
+                              f"{self.gpus_per_arm}")
+        if any(s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds must be >= 0, got {list(self.seeds)}")
 
     @property
     def active_arms(self) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from cion_ray.errors import ConfigError
-from cion_ray.evaluate.datasets import ReIDDataset
+from cion_ray.evaluate.datasets import LOADERS, ReIDDataset
 from cion_ray.evaluate.search import RankingOptions, evaluate_features
 from cion_ray.zoo.checkpoints import DEFAULT_SIZE
 
@@ -29,14 +29,14 @@ class FeatureOptions:
     image's features. device: cpu | cuda[:n]. ray_above: datasets with more images (query +
     gallery) are embedded by a Ray Data pool of `actors` actors (cpus_per_actor, gpus_per_actor
     each; -1 GPUs: one per actor when the device is cuda), smaller ones in this process."""
-    size: tuple[int, int] | None = None
-    batch: int = 64
-    flip: bool = True
-    device: str = "cpu"
-    ray_above: int = 20_000
-    actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = -1.0
+    size: tuple[int, int] | None = None  # model input (H, W); null: as the checkpoint records, else 256x128
+    batch: int = 64  # images per forward pass
+    flip: bool = True  # average with the mirrored image's features
+    device: str = "cpu"  # cpu | cuda[:n]
+    ray_above: int = 20_000  # more images than this (query + gallery): a Ray Data actor pool embeds them
+    actors: int = 1  # actors of that pool
+    cpus_per_actor: float = 1.0  # CPUs each actor reserves
+    gpus_per_actor: float = -1.0  # GPUs each actor reserves; < 0: 1 when the device is cuda, else 0
 
     def __post_init__(self):
         if self.size is not None:
@@ -45,6 +45,8 @@ class FeatureOptions:
             self.size = (int(self.size[0]), int(self.size[1]))
         if self.batch < 1 or self.actors < 1 or self.ray_above < 0:
             raise ConfigError("batch and actors must be at least 1, ray_above at least 0")
+        if not self.cpus_per_actor > 0:
+            raise ConfigError(f"features.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):
             raise ConfigError(f"device {self.device!r}: use cpu or cuda")
 
@@ -55,15 +57,23 @@ class EvaluateConfig:
     arch: backbone name (optional when the checkpoint records it). data: the dataset folder;
     dataset: its loader (cion_ray.evaluate.datasets; "" detects it); cuhk03_protocol:
     detected | labeled. out: JSON result file ("" for none)."""
-    weights: str = ""
-    arch: str = ""
-    data: str = ""
-    dataset: str = ""
-    cuhk03_protocol: str = "detected"
-    seed: int = 0
-    out: str = ""
-    features: FeatureOptions = field(default_factory=FeatureOptions)
-    ranking: RankingOptions = field(default_factory=RankingOptions)
+    weights: str = ""  # checkpoint file or run folder (local or s3://), or "random" (seeded by seed)
+    arch: str = ""  # backbone name; optional when the checkpoint records it
+    data: str = ""  # the dataset folder (local or s3://)
+    dataset: str = ""  # its loader: market1501, dukemtmc, cuhk03np, msmt17, synthetic; "" detects it
+    cuhk03_protocol: str = "detected"  # CUHK03-NP boxes: detected | labeled
+    seed: int = 0  # seed of weights=random
+    out: str = ""  # JSON result file, local or s3:// ("" for none)
+    features: FeatureOptions = field(default_factory=FeatureOptions)  # how images become features
+    ranking: RankingOptions = field(default_factory=RankingOptions)  # how features are compared and scored
+
+    def __post_init__(self):
+        if self.dataset and self.dataset not in LOADERS:
+            raise ConfigError(f"dataset {self.dataset!r}: one of {', '.join(LOADERS)} (or empty: detected)")
+        if self.cuhk03_protocol not in ("detected", "labeled"):
+            raise ConfigError(f"cuhk03_protocol must be detected or labeled, got {self.cuhk03_protocol!r}")
+        if self.seed < 0:
+            raise ConfigError(f"seed must be >= 0, got {self.seed}")
 
 
 def local_extractor(model, opts: FeatureOptions, log: Callable[[str], None] = print) -> Extractor:

@@ -22,15 +22,15 @@ class RankingOptions:
     distance: cosine | euclidean (squared). rerank: k-reciprocal re-ranking with k1, k2 and
     lambda_value. backend: dense | faiss | auto (see `engines`; both give the same ranking).
     max_rank: CMC length. memory_mb: budget of each chunked step (MiB)."""
-    distance: str = "cosine"
-    rerank: bool = False
-    k1: int = 20
-    k2: int = 6
-    lambda_value: float = 0.3
-    backend: str = "auto"
-    faiss_above: int = 50_000
-    max_rank: int = 50
-    memory_mb: float = 512.0
+    distance: str = "cosine"  # cosine | euclidean (squared)
+    rerank: bool = False  # k-reciprocal re-ranking
+    k1: int = 20  # re-ranking: k-reciprocal neighbours
+    k2: int = 6  # re-ranking: neighbours averaged in query expansion
+    lambda_value: float = 0.3  # re-ranking: final distance = (1 - lambda) Jaccard + lambda original
+    backend: str = "auto"  # dense | faiss | auto (dense ranking; faiss for re-ranking's neighbours above faiss_above)
+    faiss_above: int = 50_000  # auto: re-ranking searches neighbours with faiss above this many images
+    max_rank: int = 50  # CMC length
+    memory_mb: float = 512.0  # budget of each chunked step (MiB)
 
     def __post_init__(self):
         from cion_ray.errors import ConfigError

@@ -18,7 +18,9 @@ from cion_ray.pretrain.config import ScaleConfig
 
 @dataclass
 class FTModelConfig:
-    arch: str = "resnet50_ibn"
+    """The ReID model: a backbone, a neck and an identity classifier."""
+
+    arch: str = "resnet50_ibn"  # backbone: a ReIDZoo name (cion-ray zoo list) or a timm name
     # a checkpoint (path or s3:// URI, any layout zoo.checkpoints accepts); "" = random initialisation
     weights: str = ""
     neck: str = "bnneck"  # bnneck (BoT) | none: a plain linear classifier on the backbone feature
@@ -34,6 +36,8 @@ class FTModelConfig:
 
 @dataclass
 class AugmentConfig:
+    """Training-image augmentation."""
+
     size: tuple[int, int] = (256, 128)  # (height, width) of training and evaluation images
     flip: float = 0.5  # horizontal flip probability
     pad: int = -1  # pixels of padding before the random crop; -1: 10 per 256 of height
@@ -49,6 +53,8 @@ class AugmentConfig:
         lo, hi = self.erasing_area
         if not 0 < lo <= hi < 1 or not 0 < self.erasing_aspect <= 1:
             raise ConfigError("augment: need 0 < erasing_area[0] <= erasing_area[1] < 1 and 0 < erasing_aspect <= 1")
+        if self.pad < -1:
+            raise ConfigError(f"augment.pad must be >= 0 pixels, or -1 for the default, got {self.pad}")
 
     @property
     def pad_pixels(self) -> int:
@@ -57,10 +63,12 @@ class AugmentConfig:
 
 @dataclass
 class LossConfig:
-    label_smoothing: float = 0.1
+    """ID (cross-entropy) loss plus batch-hard triplet loss."""
+
+    label_smoothing: float = 0.1  # of the ID loss's targets, in [0, 1)
     margin: float = 0.3  # triplet margin (ignored with soft_margin)
     soft_margin: bool = False  # log(1 + exp(d_ap - d_an)) instead of the hinge
-    id_weight: float = 1.0
+    id_weight: float = 1.0  # weight of the ID loss
     triplet_weight: float = 1.0  # 0: the plain ID-classification loss
 
     def __post_init__(self):
@@ -68,12 +76,16 @@ class LossConfig:
             raise ConfigError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.id_weight < 0 or self.triplet_weight < 0 or self.id_weight + self.triplet_weight == 0:
             raise ConfigError("loss: weights must be >= 0 and not both 0")
+        if self.margin < 0:
+            raise ConfigError(f"loss.margin must be >= 0, got {self.margin}")
 
 
 @dataclass
 class FTOptimConfig:
+    """Batches, the optimiser and the lr schedule."""
+
     optimizer: str = "adam"  # adam | adamw
-    lr: float = 3.5e-4
+    lr: float = 3.5e-4  # peak learning rate
     weight_decay: float = 5e-4  # not on biases and norm parameters
     identities_per_batch: int = 16  # P (lowered to what a small subset holds, and logged)
     images_per_identity: int = 4  # K
@@ -83,7 +95,7 @@ class FTOptimConfig:
     warmup_start: float = 0.01  # warm-up starts at this fraction of lr
     schedule: str = "step"  # step | cosine
     milestones: tuple[float, ...] = (40 / 120, 70 / 120)  # step: fractions of the run where lr x gamma
-    gamma: float = 0.1
+    gamma: float = 0.1  # step: the lr factor at each milestone
     min_lr: float = 1e-7  # cosine: the final lr
     clip_grad: float = 0.0  # total gradient norm clip, 0 = off
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU), fp32, bf16
@@ -104,6 +116,9 @@ class FTOptimConfig:
             raise ConfigError("optim: need lr > 0, 0 <= warmup < 1 and 0 < warmup_start <= 1")
         if any(not 0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"optim.milestones must rise within (0, 1), got {self.milestones}")
+        if self.weight_decay < 0 or not 0 < self.gamma <= 1 or self.min_lr < 0 or self.clip_grad < 0:
+            raise ConfigError(f"optim: need weight_decay >= 0, 0 < gamma <= 1, min_lr >= 0 and clip_grad >= 0, got "
+                              f"{self.weight_decay}, {self.gamma}, {self.min_lr} and {self.clip_grad}")
 
     @property
     def batch_size(self) -> int:
@@ -112,18 +127,27 @@ class FTOptimConfig:
 
 @dataclass
 class EvalConfig:
-    enabled: bool = True
+    """Retrieval evaluation during and after training."""
+
+    enabled: bool = True  # evaluate at all (false: train only)
     data: str = ""  # a dataset folder with query / gallery (any layout evaluate.datasets detects); "" = --data
     every: int = 0  # iterations between evaluations during training; 0 = at the end only
     initial: bool = True  # also evaluate the initialisation (eval_*_init)
     flip: bool = True  # average the features of the image and its mirror
-    batch: int = 64
-    max_rank: int = 50
+    batch: int = 64  # images per forward pass
+    max_rank: int = 50  # CMC length
     rerank: bool = False  # k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)
+
+    def __post_init__(self):
+        if self.every < 0 or self.batch < 1 or self.max_rank < 1:
+            raise ConfigError(f"eval: need every >= 0, batch >= 1 and max_rank >= 1, got {self.every}, {self.batch} "
+                              f"and {self.max_rank}")
 
 
 @dataclass
 class FinetuneConfig:
+    """The fine-tuning stage (`cion-ray finetune`): supervised ReID training and the data-efficiency protocol."""
+
     data: str = ""  # training images: a ReID dataset folder, a curated output, or Market-named images
     dataset: str = ""  # the loader of `data` (market1501, dukemtmc, cuhk03np, msmt17, synthetic); "" detects
     out: str = ""  # run folder or s3:// prefix
@@ -131,16 +155,16 @@ class FinetuneConfig:
     fractions: tuple[float, ...] = ()  # the data-efficiency protocol: one run per fraction
     parallel: bool = False  # protocol on Ray: start every fraction's trainer at once (they queue for resources)
     label: str = ""  # this run's name in protocol tables and plots (default: arch + init)
-    seed: int = 0
+    seed: int = 0  # seeds the identity subset, sampling, augmentation and a random initialisation
     log_every: int = 50  # iterations between log lines and metrics.json entries
     threads: int = 0  # torch CPU threads (0: torch's default in this process, scale.cpus_per_worker on Ray)
     checkpoint_every: int = 0  # iterations between checkpoints (0 = at the end only)
-    model: FTModelConfig = field(default_factory=FTModelConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: FTOptimConfig = field(default_factory=FTOptimConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    model: FTModelConfig = field(default_factory=FTModelConfig)  # backbone, neck, initialisation
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # training-image augmentation
+    loss: LossConfig = field(default_factory=LossConfig)  # ID + triplet loss
+    optim: FTOptimConfig = field(default_factory=FTOptimConfig)  # batches, optimiser, lr schedule
+    eval: EvalConfig = field(default_factory=EvalConfig)  # evaluation during and after training
+    scale: ScaleConfig = field(default_factory=ScaleConfig)  # Ray Train workers
 
     def __post_init__(self):
         if not 0 < self.data_fraction <= 1:
@@ -149,8 +173,13 @@ class FinetuneConfig:
             raise ConfigError(f"fractions must each be in (0, 1], got {self.fractions}")
         if self.log_every < 1 or self.checkpoint_every < 0:
             raise ConfigError("log_every must be >= 1 and checkpoint_every >= 0")
-        if self.scale.workers < 1:
-            raise ConfigError("scale.workers must be >= 1")
+        if self.seed < 0 or self.threads < 0:
+            raise ConfigError(f"need seed >= 0 and threads >= 0, got {self.seed} and {self.threads}")
+        if self.dataset:
+            from cion_ray.evaluate.datasets import LOADERS
+
+            if self.dataset not in LOADERS:
+                raise ConfigError(f"dataset {self.dataset!r}: one of {', '.join(LOADERS)} (or empty: detected)")
 
     @property
     def eval_split(self) -> str:

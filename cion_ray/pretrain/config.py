@@ -25,22 +25,24 @@ def parse_k_schedule(text: str) -> list[tuple[float, int]]:
 
 @dataclass
 class ViewsConfig:
-    global_size: tuple[int, int] = (256, 128)  # (height, width)
-    local_size: tuple[int, int] = (128, 64)
-    local_crops: int = 8
-    global_scale: tuple[float, float] = (0.8, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.8)
+    """The multi-crop views of each image: two global views and `local_crops` local ones."""
+
+    global_size: tuple[int, int] = (256, 128)  # (height, width) of the two global views
+    local_size: tuple[int, int] = (128, 64)  # (height, width) of the local views
+    local_crops: int = 8  # local views per image
+    global_scale: tuple[float, float] = (0.8, 1.0)  # area fraction a global crop keeps (RandomResizedCrop scale)
+    local_scale: tuple[float, float] = (0.05, 0.8)  # area fraction a local crop keeps
     ratio: tuple[float, float] = (0.4, 0.6)  # width / height, as RandomResizedCrop's ratio
     # photometric augmentation: ColorJitter (brightness, contrast, saturation, hue) with
     # probability colour_p, grayscale, Gaussian blur on (global 1, global 2, local), solarize on global 2
     colour_jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.2, 0.1)
-    colour_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)
+    colour_p: float = 0.8  # probability of the colour jitter
+    grayscale_p: float = 0.2  # probability of turning a view grey
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # Gaussian blur probability: global 1, global 2, local
     # Gaussian blur radius range in pixels at the released view heights (global 256, local 128);
     # at other sizes it scales with the view height (pretrain/views.py: blur_radius)
     blur_radius: tuple[float, float] = (0.1, 2.0)
-    solarize_p: float = 0.2
+    solarize_p: float = 0.2  # probability of solarizing the second global view
 
     def __post_init__(self):
         if self.local_crops < 0:
@@ -53,43 +55,65 @@ class ViewsConfig:
         probs = (self.colour_p, self.grayscale_p, self.solarize_p, *self.blur_p)
         if any(not 0 <= x <= 1 for x in probs):
             raise ConfigError(f"views: probabilities must lie in [0, 1], got {probs}")
+        for name in ("global_size", "local_size"):
+            if min(getattr(self, name)) < 8:
+                raise ConfigError(f"views.{name} must be two sizes >= 8 (height, width), got {getattr(self, name)}")
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ConfigError(f"views.{name} must satisfy 0 < low <= high <= 1, got {getattr(self, name)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ConfigError(f"views.ratio must satisfy 0 < low <= high, got {self.ratio}")
+        if min(self.colour_jitter) < 0 or self.colour_jitter[3] > 0.5:
+            raise ConfigError(f"views.colour_jitter: strengths must be >= 0 and hue <= 0.5, got {self.colour_jitter}")
+        if not 0 <= self.blur_radius[0] <= self.blur_radius[1]:
+            raise ConfigError(f"views.blur_radius must satisfy 0 <= low <= high, got {self.blur_radius}")
 
 
 @dataclass
 class ModelConfig:
-    arch: str = "resnet50_ibn"
-    out_dim: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    norm_last_layer: bool = True
+    """The student and teacher: a backbone and DINO's projection head."""
+
+    arch: str = "resnet50_ibn"  # backbone: a ReIDZoo name (cion-ray zoo list) or a timm name
+    out_dim: int = 65536  # dimensions of the head's output (the distribution the loss compares)
+    hidden_dim: int = 2048  # width of the head's hidden layers
+    bottleneck_dim: int = 256  # width of the head's bottleneck before its last (weight-normalised) layer
+    norm_last_layer: bool = True  # fix the norm of the last layer's weights (DINO's norm_last_layer)
     head_bn: bool = False  # BatchNorm after the head's hidden layers (DINO's use_bn option)
-    sync_bn: bool = True  # CNNs on GPU with several workers
+    sync_bn: bool = True  # SyncBatchNorm for CNNs on GPU with several workers
+
+    def __post_init__(self):
+        for name in ("out_dim", "hidden_dim", "bottleneck_dim"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"model.{name} must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
 class OptimConfig:
-    epochs: int = 100
+    """Schedules, the optimiser and the self-distillation loss."""
+
+    epochs: int = 100  # length of the run
     batch_per_worker: int = 120  # fixed; P = batch // K shrinks as K grows
     lr: float = 5e-4  # per 256 images of the total batch
-    min_lr: float = 1e-6
-    warmup_epochs: int = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
+    min_lr: float = 1e-6  # the cosine schedule's final lr
+    warmup_epochs: int = 10  # epochs of linear lr warm-up
+    weight_decay: float = 0.04  # AdamW weight decay at the start (cosine schedule) ...
+    weight_decay_end: float = 0.4  # ... and at the end
     clip_grad: float = 3.0  # per-parameter gradient norm clip, 0 = off
     freeze_last_layer: int = 1  # epochs with the head's last layer frozen
-    momentum_teacher: float = 0.996
-    teacher_temp: float = 0.04
-    student_temp: float = 0.1
-    center_momentum: float = 0.9
+    momentum_teacher: float = 0.996  # EMA momentum of the teacher at the start (cosine to 1 at the end)
+    teacher_temp: float = 0.04  # softmax temperature of the teacher's outputs
+    student_temp: float = 0.1  # softmax temperature of the student's outputs
+    center_momentum: float = 0.9  # EMA momentum of the centre subtracted from the teacher's outputs
     # how the teacher's outputs become targets: "center" (the released recipe: subtract an EMA of
     # the batch mean, then sharpen) or "sinkhorn" (Sinkhorn-Knopp equipartition over the batch,
     # as in SwAV and DINOv2; it cannot collapse to one dimension nor to the uniform distribution)
     centering: str = "center"
-    sinkhorn_iters: int = 3
+    sinkhorn_iters: int = 3  # centering=sinkhorn: Sinkhorn-Knopp iterations
     # teacher temperature warm-up (DINO): linear from warmup_teacher_temp to teacher_temp over
     # warmup_teacher_temp_epochs (0: none)
     warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
+    warmup_teacher_temp_epochs: int = 0  # epochs of the teacher temperature warm-up (0: none)
     # KoLeo regulariser (DINOv2) on the student's backbone features of the global views: spreads
     # a batch's identities apart (images of one identity are not pushed apart); 0 = off
     koleo: float = 0.0
@@ -121,22 +145,40 @@ class OptimConfig:
             raise ConfigError("optim: need sinkhorn_iters >= 1, warmup_teacher_temp_epochs >= 0 and koleo >= 0")
         if min(self.teacher_temp, self.warmup_teacher_temp, self.student_temp) <= 0:
             raise ConfigError("optim: temperatures must be > 0")
+        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.weight_decay_end < 0:
+            raise ConfigError("optim: need lr > 0, min_lr >= 0, weight_decay >= 0 and weight_decay_end >= 0")
+        if self.clip_grad < 0 or self.freeze_last_layer < 0 or self.iters_per_epoch < 0:
+            raise ConfigError("optim: need clip_grad >= 0, freeze_last_layer >= 0 and iters_per_epoch >= 0")
+        for name in ("momentum_teacher", "center_momentum"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"optim.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.warmup_epochs >= self.epochs:  # a run shorter than the warm-up: warm up over all but its last epoch
             self.warmup_epochs = self.epochs - 1
 
 
 @dataclass
 class ScaleConfig:
-    workers: int = 1
+    """The Ray Train worker group."""
+
+    workers: int = 1  # Ray Train workers (one process each; data-parallel)
     gpus_per_worker: float = -1.0  # < 0: 1 when the cluster has GPUs, else 0 (CPU, gloo)
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # CPUs each worker reserves
     loader_workers: int = 2  # DataLoader processes per training worker
-    max_failures: int = 2  # worker-group restarts from the last checkpoint
+    max_failures: int = 2  # worker-group restarts from the last checkpoint (-1: without limit)
     allow_pending: bool = False  # start even if the cluster is too small now (an autoscaler will add nodes)
+
+    def __post_init__(self):
+        if self.workers < 1:
+            raise ConfigError("scale.workers must be >= 1")
+        if not self.cpus_per_worker > 0 or self.loader_workers < 0 or self.max_failures < -1:
+            raise ConfigError(f"scale: need cpus_per_worker > 0, loader_workers >= 0 and max_failures >= -1, got "
+                              f"{self.cpus_per_worker}, {self.loader_workers} and {self.max_failures}")
 
 
 @dataclass
 class PretrainConfig:
+    """The pre-training stage (`cion-ray pretrain`): identity-guided self-distillation on Ray Train."""
+
     data: str = ""  # curated output (identities Parquet), track output (tracklet labels), or a CION-AL JSON
     out: str = ""  # run folder or s3:// prefix: Ray Train storage, checkpoints, TensorBoard, exports
     crops: str = ""  # tracking output holding a curated output's images (default: as recorded by curate)
@@ -148,17 +190,17 @@ class PretrainConfig:
     # backbone initialisation: "" (random, seeded) or a checkpoint (path or s3://) in any layout
     # cion-ray evaluate reads, e.g. an ImageNet-trained backbone; student and teacher start from it
     init: str = ""
-    data_fraction: float = 1.0
-    seed: int = 0
+    data_fraction: float = 1.0  # train on this seeded fraction of the identities, in (0, 1]
+    seed: int = 0  # seeds identity selection, sampling, augmentation and initialisation
     checkpoint_every: int = 1  # epochs between checkpoints
     fault_drill_iteration: int = 0  # > 0: the last worker dies once at this iteration (a recovery drill)
     # a Market-style split (query/, bounding_box_test/): the teacher backbone's CMC / mAP / mINP on it
     # before training and at every checkpoint, measured on worker 0
     eval_data: str = ""
-    views: ViewsConfig = field(default_factory=ViewsConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    views: ViewsConfig = field(default_factory=ViewsConfig)  # augmented views
+    model: ModelConfig = field(default_factory=ModelConfig)  # backbone and head
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimisation and loss
+    scale: ScaleConfig = field(default_factory=ScaleConfig)  # Ray Train workers
 
     def __post_init__(self):
         if not 0 < self.data_fraction <= 1:
@@ -172,8 +214,9 @@ class PretrainConfig:
             raise ConfigError("labels=gt needs gt (a synthetic world or MOT folder), and gt needs labels=gt")
         if self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every must be >= 1")
-        if self.scale.workers < 1:
-            raise ConfigError("scale.workers must be >= 1")
+        if self.seed < 0 or self.fault_drill_iteration < 0:
+            raise ConfigError(f"need seed >= 0 and fault_drill_iteration >= 0, got {self.seed} and "
+                              f"{self.fault_drill_iteration}")
 
     def fingerprint(self) -> str:
         """What a resumed run must share with the one it continues."""

@@ -17,15 +17,15 @@ class DetNoiseConfig:
     boxes, U(fp_score_min, fp_score_max) for false ones, all clipped to [0.05, 1].
     """
 
-    miss_rate: float = 0.04
-    occlusion_miss: float = 0.5
-    min_height: float = 14.0
-    jitter: float = 0.03
-    fp_per_frame: float = 0.15
-    score_mean: float = 0.85
-    score_std: float = 0.07
-    fp_score_min: float = 0.3
-    fp_score_max: float = 0.65
+    miss_rate: float = 0.04  # probability a fully visible gt box is missed
+    occlusion_miss: float = 0.5  # extra miss probability of a fully occluded box (times 1 - visibility)
+    min_height: float = 14.0  # gt boxes shorter than this (pixels) are always missed
+    jitter: float = 0.03  # std of each edge's displacement, as a fraction of the box size
+    fp_per_frame: float = 0.15  # false positives per frame on average (Poisson)
+    score_mean: float = 0.85  # mean score of a fully visible true detection
+    score_std: float = 0.07  # std of true detections' scores
+    fp_score_min: float = 0.3  # false positives score uniformly between this ...
+    fp_score_max: float = 0.65  # ... and this
 
     def __post_init__(self):
         for name in ("miss_rate", "occlusion_miss"):
@@ -36,17 +36,19 @@ class DetNoiseConfig:
             raise ConfigError("det.jitter, det.fp_per_frame, det.score_std and det.min_height must be >= 0")
         if not 0.0 <= self.fp_score_min <= self.fp_score_max <= 1.0:
             raise ConfigError("det.fp_score_min <= det.fp_score_max must lie in [0, 1]")
+        if not 0.0 <= self.score_mean <= 1.0:
+            raise ConfigError(f"det.score_mean must be in [0, 1], got {self.score_mean}")
 
 
 @dataclass
 class ReidSplitConfig:
     """The Market-1501 style split, built from identities that never appear in the videos."""
 
-    train_identities: int = 16
-    test_identities: int = 16
-    min_cameras: int = 2
-    max_cameras: int = 4
-    images_per_camera: int = 3
+    train_identities: int = 16  # identities of bounding_box_train
+    test_identities: int = 16  # identities of query and bounding_box_test
+    min_cameras: int = 2  # each identity is seen by at least this many cameras ...
+    max_cameras: int = 4  # ... and at most this many
+    images_per_camera: int = 3  # images of an identity per camera
 
     def __post_init__(self):
         if self.train_identities < 0 or self.test_identities < 0:
@@ -64,21 +66,21 @@ class SynthConfig:
     videos, mostly within `locality` of a home position in the video order and with
     probability `far_prob` anywhere."""
 
-    videos: int = 12
-    identities: int = 60
-    frames: int = 200
-    width: int = 320
-    height: int = 240
-    fps: float = 25.0
-    cameras: int = 6
-    seed: int = 0
-    min_videos_per_identity: int = 2
-    max_videos_per_identity: int = 3
-    locality: int = 2
-    far_prob: float = 0.15
-    reentry_prob: float = 0.12
-    det: DetNoiseConfig = field(default_factory=DetNoiseConfig)
-    reid: ReidSplitConfig = field(default_factory=ReidSplitConfig)
+    videos: int = 12  # number of videos
+    identities: int = 60  # people walking through the videos
+    frames: int = 200  # frames per video
+    width: int = 320  # frame width in pixels (even, >= 64)
+    height: int = 240  # frame height in pixels (even, >= 64)
+    fps: float = 25.0  # frame rate the videos are written at
+    cameras: int = 6  # cameras (1-9); each video is filmed by one of them
+    seed: int = 0  # same seed, same world
+    min_videos_per_identity: int = 2  # each person appears in at least this many videos ...
+    max_videos_per_identity: int = 3  # ... and at most this many
+    locality: int = 2  # a person's videos lie mostly within this many of a home position in the video order
+    far_prob: float = 0.15  # probability one of a person's videos is anywhere in the order instead
+    reentry_prob: float = 0.12  # probability a person walks through a video a second time
+    det: DetNoiseConfig = field(default_factory=DetNoiseConfig)  # how det.txt departs from the ground truth
+    reid: ReidSplitConfig = field(default_factory=ReidSplitConfig)  # the Market-1501 style split
 
     def __post_init__(self):
         if self.videos < 1:
