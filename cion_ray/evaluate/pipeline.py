@@ -53,10 +53,7 @@ class FeatureOptions:
 
 @dataclass
 class EvaluateConfig:
-    """weights: checkpoint file or folder (local or s3://), or "random" (seeded by `seed`).
-    arch: backbone name (optional when the checkpoint records it). data: the dataset folder;
-    dataset: its loader (cion_ray.evaluate.datasets; "" detects it); cuhk03_protocol:
-    detected | labeled. out: JSON result file ("" for none)."""
+    """The evaluation stage (`cion-ray evaluate`): a backbone's retrieval on a ReID dataset."""
     weights: str = ""  # checkpoint file or run folder (local or s3://), or "random" (seeded by seed)
     arch: str = ""  # backbone name; optional when the checkpoint records it
     data: str = ""  # the dataset folder (local or s3://)
