@@ -18,6 +18,12 @@ from cion_ray.errors import ConfigError
 T = TypeVar("T")
 
 
+def require(ok: bool, key: str, rule: str, got: Any) -> None:
+    """For `__post_init__` checks: unless `ok`, a ConfigError naming the one key that failed."""
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {got!r}")
+
+
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}

@@ -44,3 +44,47 @@ def test_presets():
     assert dataclasses.replace(preset("tiny"), seed=3).seed == 3
     with pytest.raises(ConfigError, match="unknown preset"):
         preset("huge")
+
+
+def test_unknown_key_names_the_section_where_it_exists():
+    from cion_ray.curation.config import CurateConfig
+    from cion_ray.pretrain.config import PretrainConfig
+
+    with pytest.raises(ConfigError, match=r"^CurateConfig: unknown key window \(did you mean link\.window\?\)"):
+        load_config(CurateConfig, None, ["window=3"])
+    with pytest.raises(ConfigError, match=r"unknown key windw \(did you mean window\?\).*every key: docs/config.md$"):
+        load_config(CurateConfig, None, ["link.windw=3"])
+    with pytest.raises(ConfigError, match=r"did you mean optim\.epochs\?"):  # a close spelling, nested
+        load_config(PretrainConfig, None, ["epoch=3"])
+    with pytest.raises(ConfigError, match=r"unknown keys bogus, window \(did you mean link\.window\?\)"):
+        load_config(CurateConfig, None, ["window=3", "bogus=1"])
+    with pytest.raises(ConfigError) as e:
+        load_config(CurateConfig, None, ["zzz=1"])
+    assert "did you mean" not in str(e.value) and "known here: crops, denoise" in str(e.value)
+
+
+def test_a_yaml_key_in_the_wrong_section(tmp_path):
+    from cion_ray.curation.config import CurateConfig
+
+    y = tmp_path / "c.yaml"
+    y.write_text("window: 4\n")
+    with pytest.raises(ConfigError, match=r"did you mean link\.window\?"):
+        load_config(CurateConfig, y)
+    y.write_text("link:\n  window: 4\n  stride: 1\n")
+    assert load_config(CurateConfig, y).link.window == 4
+
+
+def test_require_names_the_key():
+    from cion_ray.config import require
+
+    require(True, "x.y", ">= 1", 0)
+    with pytest.raises(ConfigError, match=r"^x\.y must be >= 1, got 0$"):
+        require(False, "x.y", ">= 1", 0)
+
+
+def test_every_stage_config_constructs_with_defaults():
+    """The pipeline nests default-constructed stage configs: no check may reject a default."""
+    from cion_ray.configdoc import stages
+
+    for _cmd, cls in stages():
+        cls()

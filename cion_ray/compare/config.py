@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cion_ray.config import require
 from cion_ray.errors import ConfigError
 
 # what each arm trains with: pre-training labels (None: no pre-training) and K
@@ -70,11 +71,12 @@ class CompareConfig:
             raise ConfigError("the gt arm needs gt: the synthetic world (or MOT folder) of the curated videos")
         if {"imagenet", "imagenet_curated"} & set(arms) and not self.imagenet:
             raise ConfigError("the imagenet arms need imagenet: a weights file (make imagenet-weights)")
-        if self.finetune_steps < 0 or self.parallel < 0 or self.cpus_per_arm <= 0 or self.threads < 1:
-            raise ConfigError("need finetune_steps >= 0, parallel >= 0, cpus_per_arm > 0 and threads >= 1")
-        if self.finetune_lr <= 0 or self.gpus_per_arm < 0:
-            raise ConfigError(f"need finetune_lr > 0 and gpus_per_arm >= 0, got {self.finetune_lr} and "
-                              f"{self.gpus_per_arm}")
+        require(self.finetune_steps >= 0, "finetune_steps", ">= 0 (0: no fine-tuning)", self.finetune_steps)
+        require(self.parallel >= 0, "parallel", ">= 0 (0: as the cluster allows)", self.parallel)
+        require(self.cpus_per_arm > 0, "cpus_per_arm", "> 0", self.cpus_per_arm)
+        require(self.gpus_per_arm >= 0, "gpus_per_arm", ">= 0", self.gpus_per_arm)
+        require(self.threads >= 1, "threads", ">= 1", self.threads)
+        require(self.finetune_lr > 0, "finetune_lr", "> 0", self.finetune_lr)
         if any(s < 0 for s in self.seeds):
             raise ConfigError(f"seeds must be >= 0, got {list(self.seeds)}")
 

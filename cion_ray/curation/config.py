@@ -9,6 +9,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from cion_ray.config import require
 from cion_ray.errors import ConfigError
 
 
@@ -26,12 +27,12 @@ class EmbedConfig:
 
     def __post_init__(self):
         if self.embedder != "handcrafted" and not self.embedder.startswith("timm:"):
-            raise ConfigError(f"embedder must be 'handcrafted' or 'timm:<name>', got {self.embedder!r}")
+            raise ConfigError(f"embed.embedder must be 'handcrafted' or 'timm:<name>', got {self.embedder!r}")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"embed.dtype must be float32 or float16, got {self.dtype!r}")
-        if self.batch < 1 or self.height < 8 or self.width < 8:
-            raise ConfigError(f"embed: need batch >= 1, height >= 8 and width >= 8, got {self.batch}, "
-                              f"{self.height} and {self.width}")
+        require(self.batch >= 1, "embed.batch", ">= 1", self.batch)
+        require(self.height >= 8, "embed.height", ">= 8", self.height)
+        require(self.width >= 8, "embed.width", ">= 8", self.width)
 
 
 @dataclass
@@ -46,8 +47,10 @@ class DenoiseConfig:
     margin: float = 0.05  # L2: a sample moves to another identity only when that one is this much closer
 
     def __post_init__(self):
-        if not (0 < self.radius <= 2 and 0 <= self.merge <= 2 and self.margin >= 0 and self.min_len >= 1):
-            raise ConfigError("denoise: need 0 < radius <= 2, 0 <= merge <= 2, margin >= 0, min_len >= 1")
+        require(0 < self.radius <= 2, "denoise.radius", "in (0, 2] (a cosine distance)", self.radius)
+        require(0 <= self.merge <= 2, "denoise.merge", "in [0, 2] (a cosine distance)", self.merge)
+        require(self.margin >= 0, "denoise.margin", ">= 0", self.margin)
+        require(self.min_len >= 1, "denoise.min_len", ">= 1", self.min_len)
 
 
 @dataclass
@@ -66,10 +69,13 @@ class LinkConfig:
     use_gpu: bool = False  # neighbour search on a GPU (faiss) when there is one
 
     def __post_init__(self):
-        if self.window < 2 or not 1 <= self.stride < self.window:
-            raise ConfigError(f"link: need window >= 2 and 1 <= stride < window, got {self.window}/{self.stride}")
-        if self.k < 1 or self.threshold <= 0 or self.drift <= 0 or self.min_images < 1:
-            raise ConfigError("link: need k >= 1, threshold > 0, drift > 0, min_images >= 1")
+        require(self.window >= 2, "link.window", ">= 2 (videos per range)", self.window)
+        require(1 <= self.stride < self.window, "link.stride", f"in 1..window - 1 (window is {self.window})",
+                self.stride)
+        require(self.k >= 1, "link.k", ">= 1", self.k)
+        require(self.threshold > 0, "link.threshold", "> 0", self.threshold)
+        require(self.drift > 0, "link.drift", "> 0", self.drift)
+        require(self.min_images >= 1, "link.min_images", ">= 1", self.min_images)
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 
+from cion_ray.config import require
 from cion_ray.errors import ConfigError
 from cion_ray.evaluate.datasets import LOADERS, ReIDDataset
 from cion_ray.evaluate.search import RankingOptions, evaluate_features
@@ -41,14 +42,14 @@ class FeatureOptions:
     def __post_init__(self):
         if self.size is not None:
             if len(self.size) != 2 or min(self.size) < 1:
-                raise ConfigError(f"size {self.size}: expected H,W (two positive integers)")
+                raise ConfigError(f"features.size {self.size}: expected H,W (two positive integers)")
             self.size = (int(self.size[0]), int(self.size[1]))
-        if self.batch < 1 or self.actors < 1 or self.ray_above < 0:
-            raise ConfigError("batch and actors must be at least 1, ray_above at least 0")
-        if not self.cpus_per_actor > 0:
-            raise ConfigError(f"features.cpus_per_actor must be > 0, got {self.cpus_per_actor}")
+        require(self.batch >= 1, "features.batch", ">= 1", self.batch)
+        require(self.actors >= 1, "features.actors", ">= 1", self.actors)
+        require(self.ray_above >= 0, "features.ray_above", ">= 0 (0: always Ray)", self.ray_above)
+        require(self.cpus_per_actor > 0, "features.cpus_per_actor", "> 0", self.cpus_per_actor)
         if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ConfigError(f"device {self.device!r}: use cpu or cuda")
+            raise ConfigError(f"features.device {self.device!r}: use cpu or cuda")
 
 
 @dataclass

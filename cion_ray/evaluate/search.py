@@ -36,14 +36,15 @@ class RankingOptions:
         from cion_ray.errors import ConfigError
 
         if self.distance not in ("cosine", "euclidean"):
-            raise ConfigError(f"distance {self.distance!r}: use cosine or euclidean")
+            raise ConfigError(f"ranking.distance {self.distance!r}: use cosine or euclidean")
         if self.backend not in BACKENDS + ("auto",):
-            raise ConfigError(f"backend {self.backend!r}: use auto, dense or faiss")
+            raise ConfigError(f"ranking.backend {self.backend!r}: use auto, dense or faiss")
         if self.k1 < 1 or self.k2 < 1 or not 0.0 <= self.lambda_value <= 1.0:
-            raise ConfigError(f"re-ranking needs k1 >= 1, k2 >= 1, 0 <= lambda_value <= 1 "
+            raise ConfigError(f"re-ranking needs ranking.k1 >= 1, ranking.k2 >= 1, 0 <= ranking.lambda_value <= 1 "
                               f"(got {self.k1}, {self.k2}, {self.lambda_value})")
-        if self.max_rank < 1 or self.memory_mb <= 0:
-            raise ConfigError("max_rank must be at least 1 and memory_mb above 0")
+        if self.max_rank < 1 or self.memory_mb <= 0 or self.faiss_above < 0:
+            raise ConfigError(f"need ranking.max_rank >= 1, ranking.memory_mb > 0 and ranking.faiss_above >= 0 "
+                              f"(got {self.max_rank}, {self.memory_mb}, {self.faiss_above})")
 
     def engines(self, n_query: int, n_gallery: int) -> tuple[str, str]:
         """(ranking engine, re-ranking's neighbour-search engine). `auto` ranks with dense (a full

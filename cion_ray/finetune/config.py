@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from cion_ray.config import require
 from cion_ray.errors import ConfigError
 from cion_ray.pretrain.config import ScaleConfig
 
@@ -110,15 +111,16 @@ class FTOptimConfig:
         if self.identities_per_batch < 2 or self.images_per_identity < 1:
             raise ConfigError("optim: a batch needs identities_per_batch >= 2 (triplets need negatives) "
                               "and images_per_identity >= 1")
-        if self.epochs < 1 or self.steps < 0:
-            raise ConfigError("optim: need epochs >= 1 and steps >= 0")
-        if self.lr <= 0 or not 0 <= self.warmup < 1 or not 0 < self.warmup_start <= 1:
-            raise ConfigError("optim: need lr > 0, 0 <= warmup < 1 and 0 < warmup_start <= 1")
+        require(self.epochs >= 1, "optim.epochs", ">= 1", self.epochs)
+        require(self.steps >= 0, "optim.steps", ">= 0 (0: use epochs)", self.steps)
+        require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        require(0 <= self.warmup < 1, "optim.warmup", "in [0, 1) (a fraction of the run)", self.warmup)
+        require(0 < self.warmup_start <= 1, "optim.warmup_start", "in (0, 1]", self.warmup_start)
         if any(not 0 < m < 1 for m in self.milestones) or list(self.milestones) != sorted(self.milestones):
             raise ConfigError(f"optim.milestones must rise within (0, 1), got {self.milestones}")
-        if self.weight_decay < 0 or not 0 < self.gamma <= 1 or self.min_lr < 0 or self.clip_grad < 0:
-            raise ConfigError(f"optim: need weight_decay >= 0, 0 < gamma <= 1, min_lr >= 0 and clip_grad >= 0, got "
-                              f"{self.weight_decay}, {self.gamma}, {self.min_lr} and {self.clip_grad}")
+        require(0 < self.gamma <= 1, "optim.gamma", "in (0, 1]", self.gamma)
+        for name in ("weight_decay", "min_lr", "clip_grad"):
+            require(getattr(self, name) >= 0, f"optim.{name}", ">= 0", getattr(self, name))
 
     @property
     def batch_size(self) -> int:
@@ -139,9 +141,9 @@ class EvalConfig:
     rerank: bool = False  # k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)
 
     def __post_init__(self):
-        if self.every < 0 or self.batch < 1 or self.max_rank < 1:
-            raise ConfigError(f"eval: need every >= 0, batch >= 1 and max_rank >= 1, got {self.every}, {self.batch} "
-                              f"and {self.max_rank}")
+        require(self.every >= 0, "eval.every", ">= 0 (0: at the end only)", self.every)
+        require(self.batch >= 1, "eval.batch", ">= 1", self.batch)
+        require(self.max_rank >= 1, "eval.max_rank", ">= 1", self.max_rank)
 
 
 @dataclass
@@ -171,10 +173,10 @@ class FinetuneConfig:
             raise ConfigError(f"data_fraction must be in (0, 1], got {self.data_fraction}")
         if any(not 0 < f <= 1 for f in self.fractions):
             raise ConfigError(f"fractions must each be in (0, 1], got {self.fractions}")
-        if self.log_every < 1 or self.checkpoint_every < 0:
-            raise ConfigError("log_every must be >= 1 and checkpoint_every >= 0")
-        if self.seed < 0 or self.threads < 0:
-            raise ConfigError(f"need seed >= 0 and threads >= 0, got {self.seed} and {self.threads}")
+        require(self.log_every >= 1, "log_every", ">= 1", self.log_every)
+        require(self.checkpoint_every >= 0, "checkpoint_every", ">= 0 (0: at the end only)", self.checkpoint_every)
+        require(self.seed >= 0, "seed", ">= 0", self.seed)
+        require(self.threads >= 0, "threads", ">= 0 (0: the default)", self.threads)
         if self.dataset:
             from cion_ray.evaluate.datasets import LOADERS
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from cion_ray.config import require
 from cion_ray.errors import ConfigError
 
 # released gradual-K schedule: K = 2, 4, 6, 8 from epochs 0, 40, 60, 80 of 100
@@ -128,8 +129,8 @@ class OptimConfig:
         return parse_k_schedule(self.k_schedule)
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_per_worker < 1:
-            raise ConfigError("optim: need epochs >= 1 and batch_per_worker >= 1")
+        require(self.epochs >= 1, "optim.epochs", ">= 1", self.epochs)
+        require(self.batch_per_worker >= 1, "optim.batch_per_worker", ">= 1", self.batch_per_worker)
         ks = parse_k_schedule(self.k_schedule)
         if ks[0][0] != 0.0 or any(b[0] <= a[0] for a, b in zip(ks, ks[1:])) or any(not 0 <= f < 1 for f, _ in ks):
             raise ConfigError(f"optim.k_schedule must start at 0 and rise within [0, 1): {self.k_schedule}")
@@ -145,13 +146,12 @@ class OptimConfig:
             raise ConfigError("optim: need sinkhorn_iters >= 1, warmup_teacher_temp_epochs >= 0 and koleo >= 0")
         if min(self.teacher_temp, self.warmup_teacher_temp, self.student_temp) <= 0:
             raise ConfigError("optim: temperatures must be > 0")
-        if self.lr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.weight_decay_end < 0:
-            raise ConfigError("optim: need lr > 0, min_lr >= 0, weight_decay >= 0 and weight_decay_end >= 0")
-        if self.clip_grad < 0 or self.freeze_last_layer < 0 or self.iters_per_epoch < 0:
-            raise ConfigError("optim: need clip_grad >= 0, freeze_last_layer >= 0 and iters_per_epoch >= 0")
+        require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "freeze_last_layer",
+                     "iters_per_epoch"):
+            require(getattr(self, name) >= 0, f"optim.{name}", ">= 0", getattr(self, name))
         for name in ("momentum_teacher", "center_momentum"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise ConfigError(f"optim.{name} must be in [0, 1], got {getattr(self, name)}")
+            require(0 <= getattr(self, name) <= 1, f"optim.{name}", "in [0, 1]", getattr(self, name))
         if self.warmup_epochs >= self.epochs:  # a run shorter than the warm-up: warm up over all but its last epoch
             self.warmup_epochs = self.epochs - 1
 
@@ -168,11 +168,10 @@ class ScaleConfig:
     allow_pending: bool = False  # start even if the cluster is too small now (an autoscaler will add nodes)
 
     def __post_init__(self):
-        if self.workers < 1:
-            raise ConfigError("scale.workers must be >= 1")
-        if not self.cpus_per_worker > 0 or self.loader_workers < 0 or self.max_failures < -1:
-            raise ConfigError(f"scale: need cpus_per_worker > 0, loader_workers >= 0 and max_failures >= -1, got "
-                              f"{self.cpus_per_worker}, {self.loader_workers} and {self.max_failures}")
+        require(self.workers >= 1, "scale.workers", ">= 1", self.workers)
+        require(self.cpus_per_worker > 0, "scale.cpus_per_worker", "> 0", self.cpus_per_worker)
+        require(self.loader_workers >= 0, "scale.loader_workers", ">= 0", self.loader_workers)
+        require(self.max_failures >= -1, "scale.max_failures", ">= 0, or -1 for no limit", self.max_failures)
 
 
 @dataclass
@@ -214,9 +213,9 @@ class PretrainConfig:
             raise ConfigError("labels=gt needs gt (a synthetic world or MOT folder), and gt needs labels=gt")
         if self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every must be >= 1")
-        if self.seed < 0 or self.fault_drill_iteration < 0:
-            raise ConfigError(f"need seed >= 0 and fault_drill_iteration >= 0, got {self.seed} and "
-                              f"{self.fault_drill_iteration}")
+        require(self.seed >= 0, "seed", ">= 0", self.seed)
+        require(self.fault_drill_iteration >= 0, "fault_drill_iteration", ">= 0 (0: no drill)",
+                self.fault_drill_iteration)
 
     def fingerprint(self) -> str:
         """What a resumed run must share with the one it continues."""

@@ -5,6 +5,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from cion_ray.config import require
 from cion_ray.errors import ConfigError
 
 DETECTORS = ("yolo", "mot-det")
@@ -28,10 +29,9 @@ class DetectorConfig:
     def __post_init__(self):
         if self.kind not in DETECTORS:
             raise ConfigError(f"detector.kind must be one of {', '.join(DETECTORS)}, got {self.kind!r}")
-        if self.batch < 1 or self.imgsz < 32:
-            raise ConfigError("detector.batch must be >= 1 and detector.imgsz >= 32")
-        if not 0 <= self.conf <= 1:
-            raise ConfigError(f"detector.conf must be in [0, 1], got {self.conf}")
+        require(self.batch >= 1, "detector.batch", ">= 1", self.batch)
+        require(self.imgsz >= 32, "detector.imgsz", ">= 32", self.imgsz)
+        require(0 <= self.conf <= 1, "detector.conf", "in [0, 1]", self.conf)
 
 
 @dataclass
@@ -76,11 +76,11 @@ class CropConfig:
     min_track_len: int = 5  # tracklets with fewer kept crops are dropped
 
     def __post_init__(self):
-        if self.height < 8 or not 1 <= self.jpeg_quality <= 100 or self.min_track_len < 1:
-            raise ConfigError("crops: need height >= 8, 1 <= jpeg_quality <= 100, min_track_len >= 1")
-        if self.min_height < 0 or not 0 <= self.min_score <= 1:
-            raise ConfigError(f"crops: need min_height >= 0 and 0 <= min_score <= 1, got {self.min_height} and "
-                              f"{self.min_score}")
+        require(self.height >= 8, "crops.height", ">= 8", self.height)
+        require(1 <= self.jpeg_quality <= 100, "crops.jpeg_quality", "in 1..100", self.jpeg_quality)
+        require(self.min_track_len >= 1, "crops.min_track_len", ">= 1", self.min_track_len)
+        require(self.min_height >= 0, "crops.min_height", ">= 0", self.min_height)
+        require(0 <= self.min_score <= 1, "crops.min_score", "in [0, 1]", self.min_score)
 
 
 @dataclass
@@ -94,8 +94,10 @@ class ChunkConfig:
     target_fps: float = 0.0  # > 0: track at about this frame rate (overrides frame_step)
 
     def __post_init__(self):
-        if self.frames < 0 or self.overlap < 0 or self.frame_step < 1 or self.target_fps < 0:
-            raise ConfigError("chunks: need frames >= 0, overlap >= 0, frame_step >= 1, target_fps >= 0")
+        require(self.frames >= 0, "chunks.frames", ">= 0 (0: never split)", self.frames)
+        require(self.overlap >= 0, "chunks.overlap", ">= 0", self.overlap)
+        require(self.frame_step >= 1, "chunks.frame_step", ">= 1", self.frame_step)
+        require(self.target_fps >= 0, "chunks.target_fps", ">= 0 (0: use frame_step)", self.target_fps)
         if self.frames and self.overlap >= self.frames:
             raise ConfigError(f"chunks.overlap ({self.overlap}) must be smaller than chunks.frames ({self.frames})")
 
