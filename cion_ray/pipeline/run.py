@@ -191,7 +191,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, overwrite: tup
             s0 = time.perf_counter()
             if name in ("pretrain", "evaluate"):
                 parts = [STAGE_FUNCS[name](ctx, results, f) for f in fractions]
-                r = parts[0] if len(parts) == 1 else _combine(name, parts)
+                r = parts[0] if len(parts) == 1 else _combine(name, fractions, parts)
             else:
                 r = STAGE_FUNCS[name](ctx, results, None)
             r.seconds = time.perf_counter() - s0
@@ -327,8 +327,8 @@ def _evaluate(ctx: _Ctx, done: list[StageResult], fraction) -> StageResult:
     from cion_ray.runtime.evaluate import run_evaluate
 
     ecfg = ctx.configs["evaluate"]
-    weights = ecfg.weights or _trained_weights(done, fraction)
-    key = stage.content_key(_weights_identity(weights), json.dumps(asdict(replace(ecfg, weights="", out="")),
+    weights, what = (ecfg.weights, ecfg.weights) if ecfg.weights else _trained_weights(done, fraction)
+    key = stage.content_key(_weights_identity(what), json.dumps(asdict(replace(ecfg, weights="", out="")),
                                                                   sort_keys=True, default=list))[:12]
     uri = f"{ctx.out}/evaluate/{_fraction_prefix(fraction)}{key}.json"
     rec = ctx.ledger.done(ctx.out, "evaluate", key)
@@ -344,11 +344,14 @@ def _evaluate(ctx: _Ctx, done: list[StageResult], fraction) -> StageResult:
     return StageResult("evaluate", "done", _eval_summary(metrics), outputs, metrics=metrics)
 
 
-def _trained_weights(done: list[StageResult], fraction) -> str:
-    """The backbone the pretrain stage exported (for `fraction`, in a study)."""
+def _trained_weights(done: list[StageResult], fraction) -> tuple[str, str]:
+    """(what to evaluate, the file that identifies it): the pretrain stage's run folder (its final
+    checkpoint records the backbone and the size it was trained at) and its exported backbone.pth,
+    for `fraction` in a study."""
     pre = next(r for r in done if r.name == "pretrain")
     per = pre.metrics.get("runs")
-    return per[f"{fraction:g}"] if per else pre.outputs["backbone.pth"]
+    backbone = per[f"{fraction:g}"] if per else pre.outputs["backbone.pth"]
+    return backbone.rsplit("/export/", 1)[0], backbone
 
 
 def _weights_identity(weights: str) -> object:
@@ -366,8 +369,11 @@ def _eval_summary(m: dict) -> str:
     return f"mAP {m['mAP']:.3f}, rank-1 {m.get('rank1', float('nan')):.3f}, mINP {m.get('mINP', float('nan')):.3f}"
 
 
-def _combine(name: str, parts: list[StageResult]) -> StageResult:
-    """One stage result for a study's runs (one per fraction)."""
+def _combine(name: str, fractions: list[float], parts: list[StageResult]) -> StageResult:
+    """One stage result for a study's runs (one per fraction; a run skipped as done may have been
+    recorded outside a study)."""
+    for f, p in zip(fractions, parts):
+        p.metrics = {**p.metrics, "fraction": f}
     state = "skipped" if all(p.state == "skipped" for p in parts) else "done"
     outputs = {f"{p.metrics.get('fraction'):g}": p.outputs.get("backbone.pth") or p.outputs.get("result", "")
                for p in parts}
