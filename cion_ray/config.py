@@ -37,7 +37,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(tp, value, where)
+        try:
+            return from_dict(tp, value, where)
+        except ConfigError as e:
+            # a whole stage's config nested in another (the pipeline's `curate:`): its checks name keys
+            # relative to the stage ("pool: ..."), so say which stage; located messages pass as they are
+            if str(e).startswith(where) or not any(dataclasses.is_dataclass(t) for t in _field_types(tp).values()):
+                raise
+            raise ConfigError(f"{where.split('.', 1)[-1]}: {e}") from None
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
         if value is None and type(None) in args:
             return None

@@ -88,3 +88,24 @@ def test_every_stage_config_constructs_with_defaults():
 
     for _cmd, cls in stages():
         cls()
+
+
+def test_a_nested_stage_config_error_says_which_stage():
+    from cion_ray.curation.config import CurateConfig
+    from cion_ray.tracking.config import TrackConfig
+
+    @dataclasses.dataclass
+    class Both:
+        track: TrackConfig = dataclasses.field(default_factory=TrackConfig)
+        curate: CurateConfig = dataclasses.field(default_factory=CurateConfig)
+
+    with pytest.raises(ConfigError, match=r"^curate: pool: need actors >= 1"):
+        load_config(Both, None, ["curate.pool.actors=0"])
+    with pytest.raises(ConfigError, match=r"^track: chunks\.frame_step must be >= 1"):
+        load_config(Both, None, ["track.chunks.frame_step=0"])
+    with pytest.raises(ConfigError, match=r"^Both\.curate\.link: unknown key windw"):  # already located
+        load_config(Both, None, ["curate.link.windw=3"])
+    with pytest.raises(ConfigError, match=r"^CurateConfig\.link\.window: expected an integer"):
+        load_config(CurateConfig, None, ["link.window=x"])
+    with pytest.raises(ConfigError, match=r"^pool: need actors"):  # a stage on its own: as before
+        load_config(CurateConfig, None, ["pool.actors=0"])
