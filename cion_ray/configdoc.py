@@ -143,7 +143,8 @@ def missing_meanings() -> list[str]:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Text for a Markdown table cell: `|` would end the cell and `<video_id>` read as an HTML tag."""
+    return text.replace("|", "\\|").replace("<", "&lt;")
 
 
 def _intro(cls: type) -> str:
