@@ -20,6 +20,8 @@ import importlib.util
 import json
 import re
 import shlex
+import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -155,13 +157,26 @@ def test_a_misspelt_field_is_caught_at_every_level():
         assert len(errors) == 1 and errors[0].startswith(where + ":"), (where, errors)
 
 
-def test_a_self_contained_rayjob_from_the_raycluster_spec_is_valid():
+def readme_block(heading: str, opener: str) -> str:
+    """The body of the first code block of cluster/README.md's section `heading` whose first line starts
+    with `opener` (for a heredoc, the text between `<<'EOF'` and `EOF`)."""
+    text = (CLUSTER / "README.md").read_text()
+    section = text[text.index(heading):]
+    block = section[section.index("```bash\n" + opener) + len("```bash\n"):]
+    block = block[:block.index("```")]
+    if "<<'EOF'" in block.splitlines()[0]:
+        block = block[block.index("\n") + 1:block.index("\nEOF")]
+    return block
+
+
+def test_the_readme_recipe_for_a_self_contained_rayjob_gives_a_valid_one(monkeypatch, capsys):
     """cluster/README.md: a RayJob may carry the cluster itself (rayClusterSpec) instead of clusterSelector."""
-    job = copy.deepcopy(rayjob("pipeline"))
-    del job["spec"]["clusterSelector"]
-    job["spec"]["rayClusterSpec"] = copy.deepcopy(the_raycluster()["spec"])
-    job["spec"]["shutdownAfterJobFinishes"] = True
-    job["spec"]["ttlSecondsAfterFinished"] = 600
+    code = readme_block("**Why one RayCluster and small RayJobs.**", ".venv/bin/python - <<'EOF'")
+    monkeypatch.chdir(ROOT)
+    exec(compile(code, "cluster/README.md", "exec"), {})
+    job = yaml.safe_load(capsys.readouterr().out)
+    assert "clusterSelector" not in job["spec"] and job["spec"]["shutdownAfterJobFinishes"] is True
+    assert job["spec"]["rayClusterSpec"] == the_raycluster()["spec"]
     assert unknown_fields(job) == []
 
 
@@ -445,3 +460,69 @@ def test_constraints_are_the_tested_set():
         name = canonicalize_name(Requirement(r).name)
         assert importlib.metadata.version(name) == pins[name], \
             f"{name}: installed {importlib.metadata.version(name)}, constraints.txt {pins[name]} (regenerate it)"
+
+
+# --- the local token recipe, run as written ---------------------------------------------------------
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_local_token_recipe_as_written(tiny_world, tmp_path):
+    """Runs the bash block of cluster/README.md's "A cluster you start yourself" as written, with what a
+    shared test machine needs on top: a private HOME (its own ~/.ray/auth_token), and the head's temp dir
+    and ports of its own (appended to `ray start --head`, the dashboard port in the URLs). The job must
+    succeed and be listed with its metadata; without the token, or without RAY_AUTH_MODE, the head refuses.
+    Every process the recipe started is killed by its session id afterwards (never `ray stop`)."""
+    import os
+    import signal
+    import subprocess
+
+    import psutil
+
+    from cluster import free_ports
+
+    block = readme_block("## A cluster you start yourself", "source .venv/bin/activate")
+    gcs, dash, nm, om, agent, agent_grpc, rt_env, metrics, client, wmin = free_ports(10)
+    temp = tempfile.mkdtemp(prefix="rtok-", dir="/tmp")  # short: Ray's socket paths are limited
+    private = (f" --node-ip-address 127.0.0.1 --temp-dir {temp} --port {gcs} --dashboard-host 127.0.0.1"
+               f" --dashboard-port {dash} --node-manager-port {nm} --object-manager-port {om}"
+               f" --dashboard-agent-listen-port {agent} --dashboard-agent-grpc-port {agent_grpc}"
+               f" --runtime-env-agent-port {rt_env} --metrics-export-port {metrics} --ray-client-server-port {client}"
+               f" --min-worker-port {wmin} --max-worker-port {wmin + 60} --object-store-memory 300000000"
+               " --disable-usage-stats")
+    assert block.count("ray start --head --num-cpus 8") == 1 and "127.0.0.1:8265" in block
+    script = block.replace("ray start --head --num-cpus 8", "ray start --head --num-cpus 8" + private)
+    script = script.replace("127.0.0.1:8265", f"127.0.0.1:{dash}")
+    script = script.replace("runs/demo/world", str(tiny_world)).replace("runs/crops", str(tmp_path / "crops"))
+    address = f"http://127.0.0.1:{dash}"
+    empty_home = tmp_path / "empty-home"
+    empty_home.mkdir()
+    script = "set -e\n" + script + f"""
+if env -u RAY_AUTH_TOKEN -u RAY_AUTH_MODE HOME={empty_home} ray job list --address {address}; then
+    echo "ACCEPTED WITHOUT A TOKEN"; exit 3
+fi
+if env -u RAY_AUTH_MODE HOME={empty_home} ray job list --address {address}; then
+    echo "ACCEPTED WITHOUT RAY_AUTH_MODE"; exit 4
+fi
+"""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "PYTEST_")) and k != "VIRTUAL_ENV"}
+    env.update(HOME=str(home), RAY_USAGE_STATS_ENABLED="0")
+    proc = subprocess.Popen(["bash", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=480)
+    finally:
+        for p in psutil.process_iter(["pid"]):
+            try:
+                if os.getsid(p.pid) == proc.pid:
+                    os.kill(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, OSError):
+                pass
+        shutil.rmtree(temp, ignore_errors=True)
+    assert proc.returncode == 0, out[-6000:]
+    assert (home / ".ray" / "auth_token").is_file()
+    assert "succeeded" in out and "'cion_ray.stage': 'track'" in out, out[-6000:]
+    assert out.count("Missing authentication token") >= 2, out[-6000:]
+    assert (tmp_path / "crops" / "_manifest.json").is_file()
