@@ -211,6 +211,38 @@ def test_raycluster_token_auth_autoscaling_and_groups():
     assert re.search(r"^\s*#\s*nodeSelector:", text, re.M), "the GPU nodeSelector example is gone"
 
 
+def uncommented(text: str, key: str) -> str:
+    """The text with the commented example block that starts at `# <key>:` uncommented (the block: the
+    following comment lines indented deeper than its key)."""
+    lines, out, indent = text.splitlines(), [], None
+    for line in lines:
+        m = re.match(r"^(\s*)# ?(.*)$", line)
+        if m and m.group(2).startswith(f"{key}:"):
+            indent = len(m.group(1))
+            out.append(m.group(1) + m.group(2))
+            continue
+        if indent is not None and m and len(m.group(1)) == indent and m.group(2).startswith(" "):
+            out.append(m.group(1) + m.group(2))
+            continue
+        indent = None
+        out.append(line)
+    result = "\n".join(out)
+    assert result != text, f"no commented {key}: block"
+    return result
+
+
+def test_the_commented_examples_are_valid_when_uncommented():
+    """The GPU nodeSelector and the IRSA annotation are commented examples: uncommented, they are fields
+    the CRDs accept, at the right place."""
+    text = uncommented(uncommented((CLUSTER / "raycluster.yaml").read_text(), "nodeSelector"), "annotations")
+    found = {d["kind"]: d for d in yaml.safe_load_all(text) if d}
+    assert unknown_fields(found["RayCluster"]) == []
+    gpu = next(g for g in found["RayCluster"]["spec"]["workerGroupSpecs"] if g["groupName"] == "gpu")
+    assert gpu["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"]
+    role = found["ServiceAccount"]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+    assert role.startswith("arn:aws:iam::") and ":role/" in role
+
+
 @pytest.mark.parametrize("group", ["head", "cpu", "gpu"])
 def test_dev_shm_is_a_memory_volume_in_every_pod(group):
     template = pod_templates(the_raycluster()["spec"])[group]
