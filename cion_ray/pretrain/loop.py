@@ -126,11 +126,15 @@ def iterations_per_epoch(cfg: PretrainConfig, total_images: int, world_size: int
 
 
 def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = print,
-          on_epoch: Callable[[dict], None] | None = None, fault: Callable[[int], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, fault: Callable[[int], None] | None = None,
+          on_iteration: Callable[[dict], None] | None = None) -> dict:
     """Run (or resume) pre-training on this worker; returns the last epoch's metrics.
 
     on_epoch(metrics): rank 0's per-epoch hook (TensorBoard); fault(iteration): called after every
-    step, the launcher's fault-injection drill."""
+    step, the launcher's fault-injection drill; on_iteration(state): rank 0's progress hook, called
+    once before the first step and after every step with {"epoch" (1-based), "epochs",
+    "iteration" (global, done), "iterations" (the run's total), "epoch_iteration", "epoch_iterations",
+    "images_per_iteration" (all workers)}."""
     data = WorkerData(cfg, ctx.rank, ctx.world_size, log)
     o = cfg.optim
     ipe = iterations_per_epoch(cfg, data.total_images, ctx.world_size)
@@ -192,6 +196,14 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
     views = MultiCropViews(cfg.views)
     dataset = ImageViews(data.images, data.names, views)
     metrics: dict = {}
+
+    def step_state(epoch: int, steps: int) -> dict:
+        return {"epoch": epoch + 1, "epochs": o.epochs, "iteration": it, "iterations": o.epochs * ipe,
+                "epoch_iteration": steps, "epoch_iterations": ipe, "images_per_iteration": total_batch}
+
+    progress = on_iteration if ctx.rank == 0 else None
+    if progress is not None:
+        progress(step_state(start_epoch, 0))
     for epoch in range(start_epoch, o.epochs):
         k = k_at_epoch(o.k_steps, o.epochs, epoch)
         batches = sampler.batches(epoch, k, ipe)
@@ -238,6 +250,8 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
             entropy_sum += task.loss.last_entropy
             steps += 1
             it += 1
+            if progress is not None:
+                progress(step_state(epoch, steps))
             if fault is not None:
                 fault(it)
         if device.type == "cuda":

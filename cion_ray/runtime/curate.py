@@ -46,7 +46,8 @@ from cion_ray.errors import CionError
 from cion_ray.io import fs, runs, stage
 from cion_ray.io.crops import read_crop_images
 from cion_ray.io.schemas import IDENTITIES, embeddings_schema
-from cion_ray.runtime.session import cluster_cpus, cluster_gpus, ensure_ray, fit_actor_cpus
+from cion_ray.progress import Progress
+from cion_ray.runtime.session import PolledProgress, cluster_cpus, cluster_gpus, ensure_ray, fit_actor_cpus
 from cion_ray.viz.sheet import contact_sheet, save_png
 
 STAGE = "curate"
@@ -79,8 +80,9 @@ class CurateResult:
 class EmbedActor:
     """Holds one embedder; turns batches of crops into rows of embeddings."""
 
-    def __init__(self, cfg: dict, use_gpu: bool):
+    def __init__(self, cfg: dict, use_gpu: bool, counter=None):
         self.cfg = from_dict(CurateConfig, cfg)
+        self.counter = counter  # a ProgressCounter: crops embedded, for the driver's progress line
         device = "cpu"
         if use_gpu:
             import torch
@@ -93,6 +95,8 @@ class EmbedActor:
     def __call__(self, t: pa.Table) -> pa.Table:
         feats = self.embedder(t.column("crop").to_pylist()).astype(self.np_dtype)
         emb = pa.FixedSizeListArray.from_arrays(pa.array(feats.ravel()), self.embedder.dim)
+        if self.counter is not None:
+            self.counter.add.remote(t.num_rows)
         return pa.Table.from_arrays([t.column(c) for c in CROP_META] + [emb], schema=self.schema)
 
 
@@ -105,9 +109,18 @@ def _video_crops(t: pa.Table) -> VideoCrops:
                       t.column("track_id").to_numpy(), t.column("frame").to_numpy(), feats)
 
 
-def denoise_one_video(t: pa.Table, cfg: dict, out: str, gt_root: str, keys: dict[str, str]) -> pa.Table:
+def denoise_one_video(t: pa.Table, cfg: dict, out: str, gt_root: str, keys: dict[str, str], counter=None
+                      ) -> pa.Table:
     """map_groups body: one video's embeddings -> its npz file (named by keys[video]); returns one
-    row (video_id, stats, error)."""
+    row (video_id, stats, error). counter: a ProgressCounter of the videos done."""
+    try:
+        return _denoise_video(t, cfg, out, gt_root, keys)
+    finally:
+        if counter is not None:
+            counter.add.remote(1)
+
+
+def _denoise_video(t: pa.Table, cfg: dict, out: str, gt_root: str, keys: dict[str, str]) -> pa.Table:
     c = from_dict(CurateConfig, cfg)
     v = _video_crops(t)
     try:
@@ -141,9 +154,10 @@ class LabelCrops:
     """Crops -> identities rows (kept crops only); with export on, also writes their JPEGs."""
 
     def __init__(self, export_root: str, level_uris: dict[str, str], identity_of: np.ndarray,
-                 offsets: dict[str, int], positions: dict[str, int], export: bool):
+                 offsets: dict[str, int], positions: dict[str, int], export: bool, counter=None):
         self.root, self.uris, self.identity_of, self.offsets, self.positions, self.export = (
             export_root, level_uris, identity_of, offsets, positions, export)
+        self.counter = counter  # a ProgressCounter: crops labelled (and exported)
         self.cache: dict[str, dict[str, int]] = {}
 
     def _l2(self, vid: str) -> dict[str, int]:
@@ -173,6 +187,8 @@ class LabelCrops:
                 fs.write_bytes_atomic(fs.join(self.root, "cion_al", *cion_al_path(pid, v, f, tr).split("/")), data)
                 fs.write_bytes_atomic(fs.join(self.root, *market_path(pid + 1, self.positions[v], f, tr).split("/")),
                                       data)
+        if self.counter is not None:
+            self.counter.add.remote(t.num_rows)
         return pa.Table.from_arrays([kept.column("crop_id"), pa.array(ident[keep], pa.int64()),
                                      kept.column("video_id"), kept.column("track_id")], schema=IDENTITIES)
 
@@ -214,7 +230,8 @@ def _gt_keys(gt_root: str, videos: list[str]) -> dict[str, str]:
         return dict(pool.map(one, videos))
 
 
-def _embed(cfg: CurateConfig, keys: Keys, videos: list[str], use_gpu: bool, log) -> list[str]:
+def _embed(cfg: CurateConfig, keys: Keys, videos: list[str], use_gpu: bool, log, crops: dict[str, int | None]
+           ) -> list[str]:
     """Embed the crops of videos whose embeddings are missing or were computed from other crops;
     returns the videos embedded now."""
     emb_out = fs.join(cfg.out, "embeddings")
@@ -237,20 +254,28 @@ def _embed(cfg: CurateConfig, keys: Keys, videos: list[str], use_gpu: bool, log)
         ds = ds.filter(expr=col("video_id").is_in(todo))
         # a crops file is often one block: split it so every embedding actor gets work
         ds = ds.repartition(target_num_rows_per_block=cfg.embed.batch)
-        ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"cfg": asdict(cfg), "use_gpu": use_gpu},
-                            batch_size=cfg.embed.batch, batch_format="pyarrow",
-                            compute=ray.data.ActorPoolStrategy(size=cfg.pool.actors),
-                            num_cpus=fit_actor_cpus(cfg.pool.actors, cfg.pool.cpus_per_actor),
-                            num_gpus=cfg.pool.gpus_per_actor if use_gpu else 0)
-        run_dir = fs.join(emb_out, f"run-{run_id}")
-        out_fs, out_path = fs.arrow_fs(run_dir)
-        ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=20_000)
+        with PolledProgress(Progress("curate/embed", _total(crops, todo), "crops", label="embedding", log=log)) as pp:
+            ds = ds.map_batches(EmbedActor, fn_constructor_kwargs={"cfg": asdict(cfg), "use_gpu": use_gpu,
+                                                                   "counter": pp.counter},
+                                batch_size=cfg.embed.batch, batch_format="pyarrow",
+                                compute=ray.data.ActorPoolStrategy(size=cfg.pool.actors),
+                                num_cpus=fit_actor_cpus(cfg.pool.actors, cfg.pool.cpus_per_actor),
+                                num_gpus=cfg.pool.gpus_per_actor if use_gpu else 0)
+            run_dir = fs.join(emb_out, f"run-{run_id}")
+            out_fs, out_path = fs.arrow_fs(run_dir)
+            ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=20_000)
         files = fs.list_files(run_dir, (".parquet",)) if fs.exists(run_dir) else []
         rel = [stage.relative(emb_out, f) for f in files]
     m = runs.commit(emb_out, m, {"run_id": run_id, "files": rel, "videos": todo},
                     {v: {"run": run_id, "key": keys.embed[v]} for v in todo})
     _prune_runs(emb_out, m)
     return todo
+
+
+def _total(counts: dict[str, int | None], videos: list[str]) -> int | None:
+    """Sum of counts over videos (None when one is unknown: a manifest of an older version)."""
+    vals = [counts.get(v) for v in videos]
+    return None if any(x is None for x in vals) else int(sum(vals))
 
 
 def _prune_runs(out: str, m: dict) -> None:
@@ -304,9 +329,10 @@ def _denoise(cfg: CurateConfig, keys: Keys, videos: list[str], log) -> tuple[lis
     ds = _embedding_dataset(cfg, todo)
     if ds is not None:
         log(f"denoising {len(todo)} videos (L1 single tracklet, L2 single video)")
-        rows = ds.groupby("video_id", num_partitions=max(1, min(len(todo), 64))).map_groups(
-            denoise_one_video, batch_format="pyarrow",
-            fn_args=(asdict(cfg), cfg.out, cfg.gt, {v: keys.levels[v] for v in todo})).take_all()
+        with PolledProgress(Progress("curate/denoise", len(todo), "videos", label="denoising", log=log)) as pp:
+            rows = ds.groupby("video_id", num_partitions=max(1, min(len(todo), 64))).map_groups(
+                denoise_one_video, batch_format="pyarrow",
+                fn_args=(asdict(cfg), cfg.out, cfg.gt, {v: keys.levels[v] for v in todo}, pp.counter)).take_all()
         errors = [r["error"] for r in rows if r["error"]]
         if errors:
             raise CionError(errors[0] + (f" (and {len(errors) - 1} more videos)" if len(errors) > 1 else ""))
@@ -365,10 +391,14 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
     remote = ray.remote(num_cpus=1)(_ranges_task)
     pending: dict = {}
 
+    progress = Progress("curate/link", len(todo), "ranges", label="linking", log=log, final_line=False) if todo else None
+
     def collect(ref):
-        for j, rel in zip(pending.pop(ref), ray.get(ref)):
+        group = pending.pop(ref)
+        for j, rel in zip(group, ray.get(ref)):
             rels[j] = rel
             _save_npy(uris[j], rel)
+        progress.update(len(group))
 
     for g in range(0, len(todo), per_task):
         group = todo[g:g + per_task]
@@ -381,6 +411,8 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1)
         collect(done[0])
+    if progress is not None:
+        progress.close()
     # stored relative to the range's first identity: shift to global indices now
     out = []
     for (s, _, _), rel in zip(ranges, rels):
@@ -496,7 +528,8 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
         raise CionError(f"{cfg.pool.gpus_per_actor} GPU(s) per actor asked for, but the Ray cluster has "
                         f"{cluster_gpus():g}; use --gpus-per-actor 0")
 
-    embedded = _embed(cfg, keys, videos, use_gpu, log)
+    crop_counts = {v: crops_m["units"][v].get("crops") for v in videos}
+    embedded = _embed(cfg, keys, videos, use_gpu, log, crop_counts)
     denoised, stats = _denoise(cfg, keys, videos, log)
     levels = _load_all(cfg.out, keys, videos)
     table = _table(levels)
@@ -524,7 +557,8 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
 
     run_id = runs.new_run_id()
     try:
-        published = _write_outputs(cfg, run_id, keys, table, levels, final, identity_of, report)
+        published = _write_outputs(cfg, run_id, keys, table, levels, final, identity_of, report,
+                                   _total(crop_counts, list(crops_m["units"])), log)
     except BaseException:
         # nothing of this run was published: its files go, the committed output stays as it was
         fs.remove_tree(fs.join(cfg.out, "identities", f"run-{run_id}"))
@@ -550,7 +584,8 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
 
 
 def _write_outputs(cfg: CurateConfig, run_id: str, keys: Keys, table: IdentityTable, levels: list[dict],
-                   final: list[np.ndarray], identity_of: np.ndarray, report: dict) -> dict:
+                   final: list[np.ndarray], identity_of: np.ndarray, report: dict, crops_total: int | None = None,
+                   log: Callable[[str], None] = _log) -> dict:
     """This run's identities Parquet, exports, report and contact sheet, all beside the committed
     ones (identities/run-<id>/, exports/<id>/). -> {"files", "records", "exports"} to publish."""
     offsets = {v: int(table.offsets[i]) for i, v in enumerate(table.video_ids)}
@@ -565,13 +600,16 @@ def _write_outputs(cfg: CurateConfig, run_id: str, keys: Keys, table: IdentityTa
         cols = ["crop_id", "video_id", "track_id", "frame"] + (["crop"] if cfg.export_market else [])
         ds = ray.data.read_parquet([fs.arrow_fs(f)[1] for f in crop_files], filesystem=pa_fs, columns=cols)
         uris = {v: video_uri(cfg.out, v, keys.levels[v]) for v in table.video_ids}
-        ds = ds.map_batches(LabelCrops, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
-                            num_cpus=fit_actor_cpus(1, 1.0),
-                            fn_constructor_kwargs=dict(export_root=export_root, level_uris=uris,
-                                                       identity_of=identity_of, offsets=offsets, positions=positions,
-                                                       export=cfg.export_market))
-        out_fs, out_path = fs.arrow_fs(id_dir)
-        ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
+        what = "labelling and exporting" if cfg.export_market else "labelling"
+        with PolledProgress(Progress("curate/export", crops_total, "crops", label=what, log=log)) as pp:
+            ds = ds.map_batches(LabelCrops, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
+                                num_cpus=fit_actor_cpus(1, 1.0),
+                                fn_constructor_kwargs=dict(export_root=export_root, level_uris=uris,
+                                                           identity_of=identity_of, offsets=offsets,
+                                                           positions=positions, export=cfg.export_market,
+                                                           counter=pp.counter))
+            out_fs, out_path = fs.arrow_fs(id_dir)
+            ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
         files = fs.list_files(id_dir, (".parquet",)) if fs.exists(id_dir) else []
     records = stage.file_records(cfg.out, files)
     if sum(r["rows"] for r in records) != report["counts"]["samples_out"]:

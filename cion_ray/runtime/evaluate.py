@@ -21,6 +21,7 @@ from cion_ray.errors import CionError
 from cion_ray.evaluate.datasets import ReIDDataset, load_dataset
 from cion_ray.evaluate.pipeline import EvaluateConfig, Extractor, FeatureOptions, evaluate_model, local_extractor
 from cion_ray.io import fs
+from cion_ray.progress import Progress
 from cion_ray.runtime.session import cluster_gpus, ensure_ray, fit_actor_cpus, root_message
 
 
@@ -52,8 +53,6 @@ def ray_extractor(model, opts: FeatureOptions, address: str | None = None,
                   log: Callable[[str], None] = _log) -> Extractor:
     """An extractor running `opts.actors` FeatureActors over a Ray Data dataset of image URIs
     (every actor reads its images itself: local paths must be visible to every node)."""
-    from cion_ray.zoo.features import ProgressLine
-
     def extract(files: list[str], what: str) -> np.ndarray:
         ensure_ray(address)
         gpus = opts.gpus_per_actor
@@ -72,15 +71,16 @@ def ray_extractor(model, opts: FeatureOptions, address: str | None = None,
                             compute=ray.data.ActorPoolStrategy(size=opts.actors), num_cpus=cpus, num_gpus=gpus)
         out: np.ndarray | None = None
         done = 0
-        progress = ProgressLine(log, f"{what} ({opts.actors} Ray actor{'s' if opts.actors > 1 else ''})")
+        label = f"{what} ({opts.actors} Ray actor{'s' if opts.actors > 1 else ''})"
         try:
-            for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                f = np.asarray(b["feature"], np.float32)
-                if out is None:
-                    out = np.full((len(files), f.shape[1]), np.nan, np.float32)
-                out[np.asarray(b["i"], np.int64)] = f
-                done += len(f)
-                progress(done, len(files))
+            with Progress("evaluate/features", len(files), "images", label=label, log=log) as progress:
+                for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    f = np.asarray(b["feature"], np.float32)
+                    if out is None:
+                        out = np.full((len(files), f.shape[1]), np.nan, np.float32)
+                    out[np.asarray(b["i"], np.int64)] = f
+                    done += len(f)
+                    progress.update(len(f))
         except Exception as e:  # an actor's error arrives wrapped: show its message
             raise CionError(f"feature extraction failed: {root_message(e)}") from None
         if out is None or done != len(files):

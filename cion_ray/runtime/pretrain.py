@@ -7,11 +7,19 @@ Layout of `cfg.out` (a folder or s3:// prefix):
     export/           teacher.pth (released CION layout) and backbone.pth (plain state dict)
 A lost worker (or node) restarts the worker group from the newest checkpoint, up to
 `scale.max_failures` times; `resume=True` continues a stopped run from it.
+
+Output: rank 0's messages and its progress inside epochs go to a `TrainRelay` actor beside the
+driver, which the driver polls and prints through its own `log` and a `Progress` line (a bar in
+a terminal). Worker prints would reach the driver too, but each prefixed with Ray's
+"(RayTrainWorker pid=...)" and with no way to draw one updating line; the relay also lets the
+driver's progress listeners (a pipeline's status file) see iterations. Ray Train's own INFO logs
+are off unless CION_RAY_VERBOSE is set.
 """
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,7 +30,8 @@ import torch
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
 from cion_ray.pretrain.config import PretrainConfig
-from cion_ray.runtime.session import cluster_gpus, ensure_ray, root_message, train_storage
+from cion_ray.progress import Progress, verbose
+from cion_ray.runtime.session import cluster_gpus, ensure_ray, root_message, train_log_level, train_storage
 
 RUN_NAME = "train"
 RUN_FILE = "pretrain.json"
@@ -87,18 +96,77 @@ def _fault_drill(cfg: PretrainConfig, rank: int, world: int):
     return fault
 
 
+@ray.remote(num_cpus=0)
+class TrainRelay:
+    """Rank 0's messages and latest iteration state, held for the driver to poll."""
+
+    def __init__(self):
+        self._messages: list[str] = []
+        self._state: dict | None = None
+
+    def log(self, msg: str) -> None:
+        self._messages.append(msg)
+
+    def step(self, state: dict) -> None:
+        self._state = state
+
+    def poll(self) -> tuple[list[str], dict | None]:
+        msgs, self._messages = self._messages, []
+        return msgs, self._state
+
+
+class _RelayClient:
+    """The worker side: messages in order (one caller, one actor: Ray keeps the order), the
+    iteration state at most every `every_s` seconds and at each epoch's end."""
+
+    def __init__(self, relay, every_s: float = 0.5):
+        self.relay, self.every_s, self.last = relay, every_s, 0.0
+
+    def log(self, msg: str) -> None:
+        try:
+            self.relay.log.remote(msg)
+        except Exception:  # the relay is gone (its node was lost): print, Ray forwards it
+            print(msg, flush=True)
+
+    def step(self, state: dict) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every_s and state["epoch_iteration"] not in (0, state["epoch_iterations"]):
+            return
+        self.last = now
+        try:
+            self.relay.step.remote(state)
+        except Exception:
+            pass  # progress only
+
+
+def _quiet_train_worker() -> None:
+    """Ray Train 2.60 logs "Reporting training result N: TrainingReport(...)" at INFO on every
+    report from every worker through a logger named by its file's path (not under "ray.train"),
+    so RunConfig's LoggingConfig does not reach it: raise that logger's level here."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context as train_context
+    except ImportError:  # another Ray version: its logging is as it is
+        return
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+
+
 def _worker_loop(config: dict) -> None:
     from cion_ray.config import from_dict
     from cion_ray.pretrain.loop import train
     from cion_ray.pretrain.metrics import EpochLog
 
     cfg = from_dict(PretrainConfig, config["cfg"])
+    if not config.get("verbose"):
+        _quiet_train_worker()
     ctx = RayTrainContext()
     torch.set_num_threads(max(1, int(config["threads"])))
     log = EpochLog(cfg.out) if ctx.rank == 0 else None
+    relay = _RelayClient(config["relay"]) if config.get("relay") is not None else None
     try:
-        train(cfg, ctx, log=lambda m: print(m, flush=True), on_epoch=log,
-              fault=_fault_drill(cfg, ctx.rank, ctx.world_size))
+        train(cfg, ctx, log=relay.log if relay else (lambda m: print(m, flush=True)), on_epoch=log,
+              fault=_fault_drill(cfg, ctx.rank, ctx.world_size), on_iteration=relay.step if relay else None)
     finally:
         if log is not None:
             log.close()
@@ -136,6 +204,52 @@ def _check_inputs(cfg: PretrainConfig) -> PretrainConfig:
                         f"{p} identities and worker {rank} has {held}; use a smaller batch, fewer workers, "
                         "or more data")
     return cfg
+
+
+class _RelayPrinter:
+    """The driver side of the relay: while fit() runs, a thread prints rank 0's messages through
+    `log` and keeps a Progress of iterations (label: the epoch; rate in it/s and img/s)."""
+
+    def __init__(self, relay, log, poll_s: float = 0.5):
+        self.relay, self.log, self.poll_s = relay, log, poll_s
+        self.progress: Progress | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pretrain-progress", daemon=True)
+
+    def _sync(self) -> None:
+        try:
+            msgs, state = ray.get(self.relay.poll.remote(), timeout=10)
+        except Exception:  # a lost relay costs the progress line, never the run
+            return
+        for m in msgs:
+            self.log(m)
+        if state is None:
+            return
+        label = f"pre-training epoch {state['epoch']}/{state['epochs']}"
+        p = self.progress
+        if p is None or state["iteration"] < p.done:  # the first report, or a restarted group went back
+            if p is not None:
+                p.close(failed=True)
+            p = self.progress = Progress("pretrain", state["iterations"], "it", label=label, log=self.log,
+                                         initial=state["iteration"], also=(state["images_per_iteration"], "img"))
+        p.set_label(label)
+        if state["iteration"] > p.done:
+            p.update(state["iteration"] - p.done)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._sync()
+
+    def __enter__(self) -> "_RelayPrinter":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sync()  # the last messages (a failed run's too)
+        if self.progress is not None:
+            self.progress.close(failed=exc_type is not None)
 
 
 @dataclass
@@ -192,23 +306,34 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     resuming = runs.claim_run_folder(cfg.out, RUN_FILE, cfg.fingerprint(), asdict(cfg), resume, "pre-training")
 
     storage_path, storage_fs = train_storage(cfg.out)
+    from ray.train import LoggingConfig
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # beside the driver: it outlives any worker node the run loses
+    relay = TrainRelay.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+        ray.get_runtime_context().get_node_id(), soft=True)).remote()
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": asdict(cfg), "threads": cfg.scale.cpus_per_worker},
+        train_loop_config={"cfg": asdict(cfg), "threads": cfg.scale.cpus_per_worker, "relay": relay,
+                           "verbose": verbose()},
         scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=gpus > 0,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
                              failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)))
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig(log_level=train_log_level())))
     t0 = time.perf_counter()
     log(f"pre-training {cfg.model.arch} on {cfg.data}: {cfg.scale.workers} worker(s), "
         f"{'GPU' if gpus > 0 else 'CPU'}, {cfg.optim.epochs} epochs -> {cfg.out}")
     try:
-        result = trainer.fit()
+        with _RelayPrinter(relay, log):
+            result = trainer.fit()
     except Exception as e:  # a worker error arrives wrapped: show its message, not Ray's traceback
         if not resuming:
             _release_without_checkpoint(cfg.out)
         raise CionError(f"pre-training failed: {root_message(e)}") from None
+    finally:
+        ray.kill(relay)
     if result.checkpoint is None:
         raise CionError("pre-training ended without a checkpoint")
     with result.checkpoint.as_directory() as d:

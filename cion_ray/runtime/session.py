@@ -3,22 +3,86 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any, Callable, Iterable
 
 import ray
 
+from cion_ray.progress import Progress, verbose
+
 
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect once: to `address` ("auto" for a running cluster), else to $RAY_ADDRESS (set inside
-    `ray job submit`), else start a local instance. A no-op when Ray is already initialised."""
-    if ray.is_initialized():
+    `ray job submit`), else start a local instance. A no-op when Ray is already initialised,
+    except that Ray's own console output is set to this process's verbosity (`quiet_ray`)."""
+    if not ray.is_initialized():
+        if not verbose():
+            # the notice that a local instance turned token auth on (the safe default) on every run;
+            # the warning that it is off stays
+            logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_AUTH_ON_NOTICE)
+        level = logging.INFO if verbose() else logging.WARNING
+        kwargs: dict[str, Any] = dict(logging_level=level, log_to_driver=True)
+        address = address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    quiet_ray()
+
+
+# Ray Data warnings that are noise for our stages, dropped from the console (kept in ray-data.log):
+# - Dataset._execute warns "The Dataset job will hang unless more CPUs are freed up" whenever
+#   ray.available_resources() shows no free CPU at that instant. Every write_parquet passes
+#   through it twice (Dataset.materialize), the second time after its own execution has ended,
+#   on data already in memory that needs no CPU, while the actor pool and write tasks that just
+#   finished are still counted as holding their CPUs. Our pools are sized to leave CPUs for
+#   Ray Data's tasks (fit_actor_cpus); a genuinely starved pipeline is still reported by Ray
+#   Data's starvation check ("Cluster resources are not enough to run any task ... may hang").
+# - "Progress bars disabled": we disable them on purpose (quiet_ray).
+_NOISE = ("Warning: The Ray cluster currently does not have any available CPUs",
+          "Progress bars disabled")
+
+
+class _QuietRayData(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        return not str(record.msg).startswith(_NOISE)
+
+
+_QUIET = _QuietRayData()
+
+
+class _AuthOnNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Token authentication is enabled for this Ray cluster")
+
+
+_AUTH_ON_NOTICE = _AuthOnNotice()
+
+
+def quiet_ray() -> None:
+    """Ray's own console output at this process's verbosity (`cion_ray.progress.verbose()`, i.e.
+    CION_RAY_VERBOSE). Quiet (the default): no Ray Data progress dumps or execution-plan lines,
+    no Ray Data INFO logs on the console (they stay in the session's ray-data.log), and none of
+    the warnings in _NOISE. Verbose: Ray's output as Ray prints it. Idempotent."""
+    import ray.data  # configures the "ray.data" logger on import
+
+    ctx = ray.data.DataContext.get_current()
+    handlers = [h for h in logging.getLogger("ray.data").handlers if getattr(h, "name", "") == "console"]
+    if verbose():
+        for h in handlers:
+            h.removeFilter(_QUIET)
         return
-    kwargs: dict[str, Any] = dict(logging_level=logging.WARNING, log_to_driver=True)
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    ctx.enable_progress_bars = False  # also the "Total Progress: 0/?" lines logged when stdout is not a TTY
+    ctx.print_on_execution_start = False
+    for h in handlers:
+        h.addFilter(_QUIET)  # a second add of the same filter is a no-op
+
+
+def train_log_level() -> str:
+    """Ray Train's console log level (RunConfig.logging_config) at this process's verbosity."""
+    return "INFO" if verbose() else "WARNING"
 
 
 def cluster_cpus() -> float:
@@ -80,6 +144,76 @@ class RunLedger:
 
     def events(self) -> list[dict]:
         return list(self._events)
+
+    def done_frames(self) -> int:
+        """Frames of the chunks reported done so far (a progress poll: no copy of the events)."""
+        done = {(e.get("video_id"), e.get("chunk")): e.get("frames", 0) for e in self._events if e.get("done")}
+        return sum(done.values())  # a retried chunk once
+
+
+@ray.remote(num_cpus=0)
+class ProgressCounter:
+    """A count that actors and tasks add to (fire and forget) and the driver polls."""
+
+    def __init__(self):
+        self._n = 0
+
+    def add(self, n: int) -> None:
+        self._n += int(n)
+
+    def value(self) -> int:
+        return self._n
+
+
+class PolledProgress:
+    """A driver-side `Progress` fed by polling a count kept elsewhere (an actor) while the driver
+    waits in a blocking Ray call (write_parquet, take_all, trainer.fit).
+
+        with PolledProgress(Progress("curate/embed", total, "crops", log=log)) as pp:
+            ... actors call pp.counter.add.remote(n) ...
+
+    `read` (default: the counter it creates, beside the driver) returns the count so far;
+    polled every `poll_s` seconds on a thread, and once more at the end."""
+
+    def __init__(self, progress: Progress, read: Callable[[], int] | None = None, poll_s: float = 0.5):
+        self.progress, self.poll_s = progress, poll_s
+        self.counter = None
+        if read is None:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            here = ray.get_runtime_context().get_node_id()
+            self.counter = ProgressCounter.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+            counter = self.counter
+            read = lambda: ray.get(counter.value.remote(), timeout=10)  # noqa: E731
+        self._read = read
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"progress-{progress.stage}", daemon=True)
+
+    def _sync(self) -> None:
+        try:
+            n = int(self._read())
+        except Exception:  # a lost counter costs the progress line, never the stage
+            return
+        if n != self.progress.done:
+            self.progress.update(n - self.progress.done)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._sync()
+
+    def __enter__(self) -> "PolledProgress":
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        self._thread.join()
+        if exc_type is None:
+            self._sync()
+        self.progress.close(failed=exc_type is not None)
+        if self.counter is not None:
+            ray.kill(self.counter)
 
 
 def train_storage(out: str) -> tuple[str, Any]:

@@ -24,7 +24,8 @@ from cion_ray.config import from_dict
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs, stage
 from cion_ray.io.video import iter_frames
-from cion_ray.runtime.session import RunLedger, cluster_gpus, ensure_ray, fit_actor_cpus
+from cion_ray.progress import Progress, verbose
+from cion_ray.runtime.session import PolledProgress, RunLedger, cluster_gpus, ensure_ray, fit_actor_cpus
 from cion_ray.tracking.config import TrackConfig
 from cion_ray.tracking.detectors import check_weights
 from cion_ray.tracking.local import make_detector
@@ -67,8 +68,9 @@ def _scalar(v):
 class TrackActor:
     """Holds a detector (the YOLO model is loaded once) and tracks the chunks it is given."""
 
-    def __init__(self, cfg: dict, mode: str, ledger, use_gpu: bool):
+    def __init__(self, cfg: dict, mode: str, ledger, use_gpu: bool, chatty: bool = False):
         os.environ.setdefault("YOLO_OFFLINE", "1")
+        self.chatty = chatty  # a line per chunk (--verbose); the driver's progress line counts them anyway
         self.cfg = from_dict(TrackConfig, cfg)
         self.mode = mode
         self.ledger = ledger
@@ -110,13 +112,19 @@ class TrackActor:
             table = raw_table(chunk, res)
             tracklets = -1
         fps = res.frames_decoded / res.seconds if res.seconds else 0.0
-        owned = len(range(-(-chunk.own_start // chunk.step) * chunk.step, chunk.stop, chunk.step))
+        owned = _owned_frames(chunk)
         self.ledger.record.remote({**where, "done": True, "frames": owned, "rows": table.num_rows,
                                    "tracklets": tracklets, "detections": res.detections, "seconds": res.seconds})
-        _log(f"{chunk.video_id} chunk {chunk.chunk + 1}/{chunk.n_chunks}: {res.frames_decoded} frames, "
-             f"{res.detections} detections, {table.num_rows} rows, {fps:.0f} frames/s")
+        if self.chatty:
+            _log(f"{chunk.video_id} chunk {chunk.chunk + 1}/{chunk.n_chunks}: {res.frames_decoded} frames, "
+                 f"{res.detections} detections, {table.num_rows} rows, {fps:.0f} frames/s")
         for b in table.to_batches(max_chunksize=ROWS_PER_BLOCK):
             yield pa.Table.from_batches([b], schema=table.schema)
+
+
+def _owned_frames(chunk: Chunk) -> int:
+    """Frames a chunk is responsible for (its overlap with the previous chunk excluded)."""
+    return len(range(-(-chunk.own_start // chunk.step) * chunk.step, chunk.stop, chunk.step))
 
 
 def _probe(args: tuple[str, str]) -> dict:
@@ -386,18 +394,24 @@ def _track_videos(cfg: TrackConfig, todo: list[str], sources: dict[str, dict], m
     run_dir = fs.join(out, "crops", f"run-{run_id}")
     tmp_dir = fs.join(out, "_tmp", run_id)
     files: list[str] = []
-    if single:
-        ds = _chunk_dataset(single).map_batches(
-            TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="final", ledger=ledger, use_gpu=use_gpu),
-            **_pool_kwargs(cfg, use_gpu))
-        files += _write(ds, fs.join(run_dir, "single"))
+    # frames of the chunks done over the frames planned, from the ledger the actors report to
+    total = sum(_owned_frames(c) for c in chunks)
+    with PolledProgress(Progress("track", total, "frames", label="tracking", log=log),
+                        read=lambda: ray.get(ledger.done_frames.remote(), timeout=10)):
+        if single:
+            ds = _chunk_dataset(single).map_batches(
+                TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="final", ledger=ledger, use_gpu=use_gpu,
+                                                       chatty=verbose()),
+                **_pool_kwargs(cfg, use_gpu))
+            files += _write(ds, fs.join(run_dir, "single"))
+        if multi:
+            ds = _chunk_dataset(multi).map_batches(
+                TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="raw", ledger=ledger, use_gpu=use_gpu,
+                                                       chatty=verbose()),
+                **_pool_kwargs(cfg, use_gpu))
+            _write(ds, fs.join(tmp_dir, "raw"))
     events = _events(ledger, result, log)
     if multi:
-        ds = _chunk_dataset(multi).map_batches(
-            TrackActor, fn_constructor_kwargs=dict(cfg=cfg_dict, mode="raw", ledger=ledger, use_gpu=use_gpu),
-            **_pool_kwargs(cfg, use_gpu))
-        _write(ds, fs.join(tmp_dir, "raw"))
-        events = _events(ledger, result, log)
         failed_now = {e["video_id"] for e in events if "error" in e}
         if _ledger_lost(result):  # which chunks failed is unknown: no chunked video is committed
             log(f"{len({c.video_id for c in multi})} chunked videos left for the next run")
