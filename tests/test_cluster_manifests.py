@@ -303,9 +303,10 @@ def test_the_secret_check_catches_inline_values():
     head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     head["env"].append({"name": "AWS_SECRET_ACCESS_KEY", "value": "not-a-real-one"})
     assert len(inline_secrets(cluster)) == 1
-    head["env"][-1] = {"name": "S3_CONFIG", "value": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}
+    head["env"][-1] = {"name": "S3_CONFIG", "value": "a1B2/c3D4+" * 4}  # the shape of an AWS secret key
     assert len(inline_secrets(cluster)) == 1
-    head["env"][-1] = {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "cion-ray", "key": "auth_token"}}}
+    head["env"][-1] = {"name": "RAY_AUTH_TOKEN",
+                       "valueFrom": {"secretKeyRef": {"name": "cion-ray", "key": "auth_token"}}}
     assert inline_secrets(cluster) == []
     aws = yaml.safe_load((CLUSTER / "aws.yaml").read_text())
     aws["docker"]["run_options"].append("--env RAY_AUTH_TOKEN=0123abcd")
