@@ -89,7 +89,9 @@ class Progress:
     log: where plain lines go (a stage's own log callback, so they carry its prefix); bar: force
     the terminal bar on or off (default: `interactive()`); every: seconds between plain lines
     (default `report_every()`); initial: units already done before this run (a resumed stage),
-    left out of the rate; final_line: False where the stage logs its own summary; also: (factor, unit) for a second rate (iterations -> images: (batch, "img"))."""
+    left out of the rate; final_line: False where the stage logs its own summary; also: (factor,
+    unit) for a second rate (iterations -> images: (batch, "img")). The bar is removed at close,
+    leaving the final line: one line per stage in the terminal as in a log."""
 
     def __init__(self, stage: str, total: int | None = None, unit: str = "it", *,
                  label: str | None = None, log: Callable[[str], None] | None = None, bar: bool | None = None,
@@ -113,7 +115,7 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, initial=self.initial, desc=self.label, unit=f" {unit}", file=sys.stderr,
-                             dynamic_ncols=True, leave=True, mininterval=0.2)
+                             dynamic_ncols=True, leave=False, mininterval=0.2)
         self._notify(force=True)
 
     # -- state ---------------------------------------------------------------------------------

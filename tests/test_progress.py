@@ -184,10 +184,15 @@ def test_a_broken_listener_does_not_stop_the_stage(lines, capsys):
 def test_the_terminal_bar_is_tqdm(monkeypatch):
     buf = io.StringIO()
     monkeypatch.setattr(sys, "stderr", buf)
-    with P.Progress("track", total=8, unit="frames", bar=True, log=lambda m: None) as p:
+    final: list[str] = []
+    with P.Progress("track", total=8, unit="frames", label="tracking", bar=True, log=final.append) as p:
+        assert "tracking:   0%" in buf.getvalue() and "0/8" in buf.getvalue()
+        p._bar.mininterval = 0  # draw every update here
         p.update(8)
+        assert "8/8" in buf.getvalue()
     out = buf.getvalue()
-    assert "track" in out and "8/8" in out and "\r" in out
+    assert "\r" in out and "\n" not in out  # redrawn in place, then cleared
+    assert final[-1].startswith("tracking: 8 frames in ")  # one line stays
 
 
 def test_not_a_terminal_means_no_bar():
