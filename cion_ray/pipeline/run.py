@@ -178,7 +178,7 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, overwrite: tup
     if bad:
         raise CionError(f"--overwrite {bad[0]}: only the track and curate outputs are replaced in place (pre-training "
                         "and evaluation outputs are keyed by their inputs and never overwritten)")
-    run_id = runs.new_run_id()
+    run_id = job_info().get("submission_id") or runs.new_run_id()  # in a Ray job: its submission id
     fs.write_bytes_atomic(fs.join(out, CONFIG_FILE), to_yaml(cfg).encode())
     ctx = _Ctx(cfg, out, address, set(overwrite), log, _Ledger(out), Status(out, run_id, cfg), stage_configs(cfg))
     listener = _listen(ctx.status)
