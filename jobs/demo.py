@@ -1,4 +1,4 @@
-"""The demo: build the synthetic world, then run each stage of the pipeline on it.
+"""The demo: build the synthetic world, run the pipeline job on it, then compare pre-training data sources.
 
 Usage: python jobs/demo.py --out runs/demo
 """
@@ -10,39 +10,29 @@ from pathlib import Path
 
 from cion_ray.errors import CionError
 from cion_ray.synth import SynthConfig, generate_world
-from cion_ray.tracking.config import DetectorConfig, PoolConfig, TrackConfig
 
 
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # the small-scale profile (a ResNet18 at 64x32 that learns in minutes on 2 CPU cores; see the file)
-SMALL = Path(__file__).resolve().parents[1] / "configs" / "small.yaml"
+SMALL = CONFIGS / "small.yaml"
+# the pipeline on a laptop: tracking, curation, pre-training with the small profile, evaluation
+LAPTOP = CONFIGS / "pipeline-laptop.yaml"
 # the demo's comparison: fewer iterations per arm than the profile, the same for every arm
 DEMO_COMPARE = ["optim.epochs=5", "optim.warmup_epochs=1"]
 DEMO_ARMS = "instance,tracklet,curated,random,random_bn,supervised"
 
 
-def pretrain(out: Path, workers: int | None) -> dict:
-    import json
+def pipeline(out: Path, world: Path, args):
+    """The main job, as `cion-ray run --config configs/pipeline-laptop.yaml` runs it, on the world."""
+    from cion_ray.pipeline.config import load_pipeline
+    from cion_ray.pipeline.run import run_pipeline
 
-    from cion_ray.config import load_config
-    from cion_ray.pretrain.config import PretrainConfig
-    from cion_ray.runtime.pretrain import run_pretrain
-
-    run = out / "pretrain"
-    cfg = load_config(PretrainConfig, SMALL, [f"data={out / 'curated'}", f"out={run}",
-                                              f"eval_data={out / 'world' / 'reid'}"]
-                      + ([f"scale.workers={workers}", "scale.cpus_per_worker=1"] if workers else []))
-    done = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").exists() else []
-    if done and done[-1]["epoch"] == cfg.optim.epochs and (run / "export" / "teacher.pth").exists():
-        return done[-1]
-    for m in done:
-        print(f"  epoch {m['epoch']}: loss {m['loss']:.3f} (done earlier)")
-    r = run_pretrain(cfg, resume=(run / "pretrain.json").exists(),
-                     log=lambda m: print(m, flush=True))
-    for m in json.loads((run / "metrics.json").read_text()):
-        print(f"  epoch {m['epoch']}/{cfg.optim.epochs}  K {m['k']}  loss {m['loss']:.3f} = teacher entropy "
-              f"{m['teacher_entropy']:.3f} + KL {m['kl']:.3f}  lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s"
-              + (f"  mAP {m['eval_mAP']:.3f}" if "eval_mAP" in m else ""))
-    return r.metrics
+    sets = [f"out={out}", f"videos={world / 'videos'}", f"track.detector.mot={world / 'mot'}",
+            f"track.pool.actors={args.actors}", f"curate.gt={world}", f"curate.pool.actors={args.actors}",
+            f"pretrain.eval_data={world / 'reid'}", f"evaluate.data={world / 'reid'}", "name=demo"]
+    if args.workers:
+        sets += [f"pretrain.scale.workers={args.workers}", "pretrain.scale.cpus_per_worker=1"]
+    return run_pipeline(load_pipeline(LAPTOP, sets), log=lambda m: print(m, flush=True))
 
 
 def compare(out: Path) -> dict:
@@ -82,42 +72,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  preview   {world.out / 'preview.png'}  <- open this: each row is one person across videos",
               flush=True)
 
-        print("\n== 2/5 tracking (Ray Data, public detections + ByteTrack) ==", flush=True)
-        from cion_ray.runtime.track import run_track
-
-        track = run_track(TrackConfig(videos=str(world.out / "videos"), out=str(out / "crops"),
-                                      detector=DetectorConfig(kind="mot-det", mot=str(world.out / "mot")),
-                                      pool=PoolConfig(actors=args.actors)))
-        o = track.report["overall"]
-        print(f"tracking:   {out / 'crops'}: {track.report['tracklets']} tracklets, {track.report['crops']} crops "
-              f"({len(track.videos_done)} videos this run, {len(track.videos_skipped_finished)} already done)")
-        print(f"  quality   MOTA {o['mota']:.3f}  IDF1 {o['idf1']:.3f}  ID switches {int(o['num_switches'])}"
-              f"  (per video: {out / 'crops' / 'report.txt'})")
-
-        print("\n== 3/5 curation (embeddings, L1/L2 denoising, sliding-range linking) ==", flush=True)
-        from cion_ray.curation.config import CurateConfig, PoolConfig as CuratePool
-        from cion_ray.curation.report import report_text
-        from cion_ray.runtime.curate import run_curate
-
-        cur = run_curate(CurateConfig(crops=str(out / "crops"), out=str(out / "curated"), gt=str(world.out),
-                                      pool=CuratePool(actors=args.actors)), log=lambda m: None)
-        print(report_text(cur.report).rstrip())
-        print(f"curated:    {out / 'curated'}: {cur.identities} identities, {cur.samples} images")
-        print(f"  exports   {out / 'curated' / 'cion_al.json'}, {out / 'curated' / 'market'}")
-        print(f"  sheet     {out / 'curated' / 'sheet.png'}  <- open this: each row should be one person")
-
-        print("\n== 4/5 pre-training (Ray Train, identity-guided self-distillation) ==", flush=True)
-        pre = pretrain(out, args.workers)
-        print(f"pre-trained: {out / 'pretrain'}: {pre['epoch']} epochs, loss {pre['loss']:.3f} "
-              f"(K {pre['k']}), {pre['images_per_s']:.0f} img/s over {pre['identities']} identities")
-        print(f"  exports   {out / 'pretrain' / 'export' / 'teacher.pth'} (CION layout), backbone.pth")
+        print("\n== 2-4/5 the pipeline: tracking -> curation -> pre-training -> evaluation (one job, "
+              "configs/pipeline-laptop.yaml) ==", flush=True)
+        p = pipeline(out, world.out, args)
+        track, cur, pre, ev = (s.metrics for s in p.stages)
+        print(f"\ntracking:    {out / 'crops'}: {track.get('tracklets', '?')} tracklets, {track.get('crops', '?')} "
+              f"crops  (MOTA / IDF1 per video: {out / 'crops' / 'report.txt'})")
+        print(f"curated:     {out / 'curated'}: {cur['identities']} identities, {cur['images']} images "
+              f"(precision / recall per level: {out / 'curated' / 'report.txt'})")
+        print(f"  sheet      {out / 'curated' / 'sheet.png'}  <- open this: each row should be one person")
+        run = Path(p.stages[2].outputs["run"])
+        print(f"pre-trained: {run}: {pre.get('epoch')} epochs, loss {pre.get('loss', float('nan')):.3f}")
         if "eval_mAP" in pre:
-            print(f"  retrieval teacher on {out / 'world' / 'reid'}: mAP {pre['eval_mAP']:.3f}, rank-1 "
-                  f"{pre['eval_rank1']:.3f}, mINP {pre['eval_mINP']:.3f} (before training: mAP "
-                  f"{pre['eval_mAP_init']:.3f}, rank-1 {pre['eval_rank1_init']:.3f})")
-        print(f"  metrics   {out / 'pretrain' / 'metrics.json'}, TensorBoard: {out / 'pretrain' / 'tensorboard'}")
-        print(f"  curves    {out / 'pretrain' / 'curves.png'}  <- open this: loss = teacher entropy + KL, collapse "
-              "watch, retrieval")
+            print(f"  retrieval  teacher during training: mAP {pre['eval_mAP']:.3f} (before training: mAP "
+                  f"{pre['eval_mAP_init']:.3f})")
+        print(f"  curves     {run / 'curves.png'}  <- open this: loss = teacher entropy + KL, collapse watch, "
+              "retrieval")
+        print(f"evaluated:   mAP {ev['mAP']:.3f}, rank-1 {ev['rank1']:.3f}, mINP {ev['mINP']:.3f} on the world's "
+              f"held-out people ({p.stages[3].outputs['result']})")
+        print(f"  status     {out / 'status.json'}, resolved config {out / 'pipeline.yaml'}")
 
         print("\n== 5/5 what the data buys: the same backbone and budget pre-trained on single images, tracklets "
               "and curated identities, on held-out people ==", flush=True)

@@ -231,39 +231,48 @@ def _track(ctx: _Ctx, done: list[StageResult], _fraction) -> StageResult:
 
     tcfg = ctx.configs["track"]
     out = tcfg.out
-    if "track" not in ctx.overwrite:
-        n = _track_current(tcfg)
-        if n is not None:
-            return StageResult("track", "skipped", f"all {n} videos committed in {out}", {"crops": out})
+    outputs = {"crops": out, "report": f"{out}/report.txt"}
+    if "track" not in ctx.overwrite and _track_current(tcfg):
+        totals = _track_totals(tcfg)
+        return StageResult("track", "skipped", f"all {totals['videos']} videos committed in {out}", outputs,
+                           metrics=totals)
     r = run_track(tcfg, overwrite="track" in ctx.overwrite, address=ctx.address, log=ctx.log)
     skipped = f"; {len(r.skipped)} skipped (see {out}/report.txt)" if r.skipped else ""
     return StageResult("track", "done", f"{len(r.videos_done)} videos tracked ({r.frames} frames): {r.tracklets} "
                        f"tracklets, {r.crops} crops; {len(r.videos_skipped_finished)} committed before{skipped}",
-                       {"crops": out, "report": f"{out}/report.txt"},
-                       metrics={"videos": len(r.videos_done), "crops": r.crops, "tracklets": r.tracklets})
+                       outputs, metrics=_track_totals(tcfg))
 
 
-def _track_current(tcfg) -> int | None:
-    """The number of videos when every video under tcfg.videos is committed in tcfg.out, unchanged
-    and with intact files, under the same settings; else None (the stage runs)."""
+def _track_totals(tcfg) -> dict:
+    """Videos, frames, tracklets and crops committed in the tracking output (this run and before)."""
+    from cion_ray.runtime.track import STAGE
+
+    units = (runs.load_manifest(tcfg.out, STAGE) or {}).get("units", {})
+    return {"videos": len(units), **{k: sum(int(u.get(k, 0)) for u in units.values())
+                                     for k in ("frames", "tracklets", "crops")}}
+
+
+def _track_current(tcfg) -> bool:
+    """Whether every video under tcfg.videos is committed in tcfg.out, unchanged and with intact
+    files, under the same settings (else the stage runs)."""
     from cion_ray.runtime.track import STAGE, _sources
     from cion_ray.tracking.manifest import list_videos, video_id_of
 
     m = runs.load_manifest(tcfg.out, STAGE)
     if m is None or m.get("fingerprint") != tcfg.fingerprint():
-        return None
+        return False
     uris = list_videos(tcfg.videos)
     units = m.get("units", {})
     sources = _sources(uris, units)
     for u in uris:
         v = video_id_of(u)
         if v not in units or v not in sources or not stage.same_source(units[v].get("source"), sources[v]):
-            return None
+            return False
     try:
         runs.committed_files(tcfg.out, STAGE)
     except CionError:
-        return None
-    return len(uris)
+        return False
+    return True
 
 
 def _curate(ctx: _Ctx, done: list[StageResult], _fraction) -> StageResult:
