@@ -163,3 +163,25 @@ def test_an_interrupted_pretraining_resumes_on_resubmission(ray_session, tiny_wo
 def test_config_error_type_is_the_cli_contract():
     with pytest.raises(ConfigError):
         load_pipeline(LAPTOP, ["out=", "videos="])
+
+
+def test_status_json_follows_the_running_stage_and_its_progress(tmp_path):
+    from cion_ray import progress
+    from cion_ray.pipeline.run import STATUS_FILE, Status, _listen, _unlisten
+
+    cfg = load_pipeline(LAPTOP, [f"out={tmp_path}"])
+    status = Status(str(tmp_path), "run-1", cfg, every=0)
+    listener = _listen(status)
+    try:
+        status.start("curate")
+        with progress.Progress("embedding", total=10, unit="crops", log=lambda m: None) as p:
+            p.update(4)
+            doc = json.loads((tmp_path / STATUS_FILE).read_text())
+            assert doc["stage"] == "curate" and doc["stages"]["curate"]["state"] == "running"
+            assert doc["stages"]["curate"]["progress"]["total"] == 10
+            assert doc["stages"]["track"]["state"] == "pending"
+    finally:
+        _unlisten(listener)
+    status.finish("FAILED", "curate: something broke")
+    doc = json.loads((tmp_path / STATUS_FILE).read_text())
+    assert doc["state"] == "FAILED" and doc["stages"]["curate"]["state"] == "failed" and "broke" in doc["error"]
