@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 from cion_ray.errors import CionError
 
@@ -87,56 +86,9 @@ def metadata(cfg) -> dict[str, str]:
 
 
 def _submit(cfg, args) -> int:
-    import tempfile
-    from pathlib import Path
+    from cion_ray.runtime.submit import submit_pipeline
 
-    from ray.job_submission import JobStatus, JobSubmissionClient
-
-    from cion_ray.pipeline.config import digest, to_yaml
-
-    with tempfile.TemporaryDirectory(prefix="cion-ray-job-") as d:
-        Path(d, "pipeline.yaml").write_text(to_yaml(cfg))
-        env = {k: os.environ[k] for k in ("CION_RAY_VERBOSE", "CION_RAY_PROGRESS_EVERY") if k in os.environ}
-        submission_id = f"{cfg.name}-{digest(cfg)}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-        try:
-            client = JobSubmissionClient(args.submit)
-            job = client.submit_job(entrypoint="python -m cion_ray.cli run --config pipeline.yaml"
-                                    + "".join(f" --overwrite {s}" for s in args.overwrite),
-                                    runtime_env={"working_dir": d, **({"env_vars": env} if env else {})},
-                                    metadata=metadata(cfg), submission_id=submission_id)
-        except Exception as e:  # refused (auth), unreachable, bad address: one line
-            from cion_ray.io.fs import redact
-
-            raise CionError(f"submitting to {args.submit}: {redact(str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__)}") from None
-    print(f"submitted {job} to {args.submit}")
-    print(f"  follow:  ray job logs --address {args.submit} --follow {job}")
-    print(f"  status:  ray job status --address {args.submit} {job}   (stage and progress: {cfg.out}/status.json)")
-    if not args.wait:
-        return 0
-    for line in _follow(client, job):
-        print(line, end="")
-    state = client.get_job_status(job)
-    print(f"job {job}: {state}")
-    return 0 if state == JobStatus.SUCCEEDED else 1
-
-
-def _follow(client, job):
-    import asyncio
-
-    async def tail():
-        async for lines in client.tail_job_logs(job):
-            yield lines
-
-    loop = asyncio.new_event_loop()
-    agen = tail()
-    try:
-        while True:
-            try:
-                yield loop.run_until_complete(agen.__anext__())
-            except StopAsyncIteration:
-                return
-    finally:
-        loop.close()
+    return submit_pipeline(cfg, metadata(cfg), args.submit, tuple(args.overwrite), args.wait)
 
 
 def main(argv: list[str] | None = None) -> int:
