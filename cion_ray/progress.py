@@ -188,7 +188,7 @@ class Progress:
                 self._bar.close()
             elapsed = self._clock() - self._t0
             if not failed and self.final_line:
-                of = f"/{self.total}" if self.total is not None and self.total != self.done else ""
+                of = f"/{self.total}" if self.total is not None else ""
                 rate = (self.done - self.initial) / max(elapsed, 1e-9)
                 self._log(f"{self.label}: {self.done}{of} {self.unit} in {format_seconds(elapsed)} "
                           f"({_rate(rate)} {self.unit}/s{self._also(rate)})")

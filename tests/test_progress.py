@@ -94,7 +94,7 @@ def test_a_second_rate_and_a_new_label(lines):
     p.update(50)
     p.close()
     assert len(lines) == 2
-    assert lines[-1] == "epoch 2/2: 100 it in 0:20 (5.0 it/s, 320 img/s)"
+    assert lines[-1] == "epoch 2/2: 100/100 it in 0:20 (5.0 it/s, 320 img/s)"
     assert p.state()["stage"] == "pretrain"
 
 
@@ -104,7 +104,7 @@ def test_no_periodic_line_once_all_is_done_and_no_final_line_when_asked(lines):
     clock.t += 1
     p.update(2)
     p.close()
-    assert lines == ["curate/denoise: 2 videos in 0:01 (2.0 videos/s)"]
+    assert lines == ["curate/denoise: 2/2 videos in 0:01 (2.0 videos/s)"]
     seen: list[dict] = []
     P.add_listener(seen.append)
     try:
@@ -178,7 +178,7 @@ def test_a_broken_listener_does_not_stop_the_stage(lines, capsys):
     finally:
         P.remove_listener(broken)
     assert "disk full" in capsys.readouterr().err
-    assert lines[-1].startswith("s: 2 it in")
+    assert lines[-1].startswith("s: 2/2 it in")
 
 
 def test_the_terminal_bar_is_tqdm(monkeypatch):
@@ -192,7 +192,7 @@ def test_the_terminal_bar_is_tqdm(monkeypatch):
         assert "8/8" in buf.getvalue()
     out = buf.getvalue()
     assert "\r" in out and "\n" not in out  # redrawn in place, then cleared
-    assert final[-1].startswith("tracking: 8 frames in ")  # one line stays
+    assert final[-1].startswith("tracking: 8/8 frames in ")  # one line stays
 
 
 def test_not_a_terminal_means_no_bar():
@@ -205,7 +205,7 @@ def test_not_a_terminal_means_no_bar():
     assert r.returncode == 0, r.stderr
     assert "\r" not in r.stderr
     assert r.stderr.splitlines()[0] == "s: 1/3 x (33%), " + r.stderr.splitlines()[0].split(", ", 1)[1]
-    assert len(r.stderr.splitlines()) == 2 and " 3 x in " in r.stderr.splitlines()[-1]
+    assert len(r.stderr.splitlines()) == 2 and " 3/3 x in " in r.stderr.splitlines()[-1]
 
 
 def test_progress_does_not_import_ray():

@@ -40,7 +40,7 @@ def test_tracking_prints_progress_and_no_ray_lines(tracked):
     _, lines = tracked
     ray_lines = [ln for ln in lines if RAY_LINE.search(ln)]
     assert not ray_lines, "\n".join(lines)
-    assert any(re.match(r"\[track\] tracking: 240 frames in \d+:\d\d \(", ln) for ln in lines), "\n".join(lines)
+    assert any(re.match(r"\[track\] tracking: 240/240 frames in \d+:\d\d \(", ln) for ln in lines), "\n".join(lines)
 
 
 def test_curate_default_output_is_short_and_free_of_ray_logs(tracked, tiny_world, tmp_path):
@@ -52,7 +52,7 @@ def test_curate_default_output_is_short_and_free_of_ray_logs(tracked, tiny_world
     assert not [ln for ln in lines if RAY_LINE.search(ln)], text
     for stage in ("embedding", "denoising", "labelling and exporting"):
         assert any(ln.startswith(f"[curate] {stage}: ") and " in " in ln for ln in lines), text  # its final line
-    assert any(re.match(r"\[curate\] embedding: 1548 crops in \d+:\d\d \(", ln) for ln in lines), text
+    assert any(re.match(r"\[curate\] embedding: 1548/1548 crops in \d+:\d\d \(", ln) for ln in lines), text
 
 
 def test_verbose_brings_ray_lines_back(tracked, tiny_world, tmp_path):

@@ -212,8 +212,9 @@ class PolledProgress:
         if exc_type is None:
             self._sync()
         self.progress.close(failed=exc_type is not None)
-        if self.counter is not None:
-            ray.kill(self.counter)
+        # not killed: adds still in flight would fail, each an "unhandled error" logged by a
+        # worker; the counter goes when the last handle does (the dataset's, the stage's)
+        self.counter = None
 
 
 def train_storage(out: str) -> tuple[str, Any]:
