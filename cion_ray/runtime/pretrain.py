@@ -221,10 +221,12 @@ class _RelayPrinter:
             msgs, state = ray.get(self.relay.poll.remote(), timeout=10)
         except Exception:  # a lost relay costs the progress line, never the run
             return
-        for m in msgs:
+        if state is not None:
+            self._step(state)
+        for m in msgs:  # after the count: an epoch's summary line follows its last iteration
             self.log(m)
-        if state is None:
-            return
+
+    def _step(self, state: dict) -> None:
         label = f"pre-training epoch {state['epoch']}/{state['epochs']}"
         p = self.progress
         if p is None or state["iteration"] < p.done:  # the first report, or a restarted group went back
