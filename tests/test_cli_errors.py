@@ -65,7 +65,7 @@ CASES = [
     ("pretrain", ["--k-schedule", "0:500"], "optim.k_schedule"),
     ("pretrain", ["--k-schedule", "0.5:2"], "optim.k_schedule"),
     ("pretrain", ["--labels", "gt"], "labels=gt"),
-    ("pretrain", ["--set", "optim.lr=0"], "optim.lr"),
+    ("pretrain", ["--set", "optim.lr=-0.001"], "optim.lr"),
     ("pretrain", ["--set", "optim.momentum_teacher=1.5"], "optim.momentum_teacher"),
     ("pretrain", ["--set", "model.out_dim=0"], "model.out_dim"),
     ("pretrain", ["--set", "views.global_scale=0,0.5"], "views.global_scale"),

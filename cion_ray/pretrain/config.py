@@ -146,7 +146,7 @@ class OptimConfig:
             raise ConfigError("optim: need sinkhorn_iters >= 1, warmup_teacher_temp_epochs >= 0 and koleo >= 0")
         if min(self.teacher_temp, self.warmup_teacher_temp, self.student_temp) <= 0:
             raise ConfigError("optim: temperatures must be > 0")
-        require(self.lr > 0, "optim.lr", "> 0", self.lr)
+        require(self.lr >= 0, "optim.lr", ">= 0 (0: the no-learning control)", self.lr)
         for name in ("min_lr", "weight_decay", "weight_decay_end", "clip_grad", "freeze_last_layer",
                      "iters_per_epoch"):
             require(getattr(self, name) >= 0, f"optim.{name}", ">= 0", getattr(self, name))
