@@ -26,7 +26,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+            # with its dashboard: Ray Train's placement-group cleaner asks the state API whether the
+            # controller lives, and without one it warns every few seconds for the whole run
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, **kwargs)
     quiet_ray()
 
 
