@@ -253,21 +253,17 @@ def _track_totals(tcfg) -> dict:
 
 
 def _track_current(tcfg) -> bool:
-    """Whether every video under tcfg.videos is committed in tcfg.out, unchanged and with intact
-    files, under the same settings (else the stage runs)."""
-    from cion_ray.runtime.track import STAGE, _sources
-    from cion_ray.tracking.manifest import list_videos, video_id_of
+    """Whether every video under tcfg.videos is committed in tcfg.out, readable, unchanged and with
+    intact files, under the same settings (else the stage runs; a changed video is refused here,
+    as the stage would refuse it)."""
+    from cion_ray.runtime.track import STAGE, plan_videos
 
     m = runs.load_manifest(tcfg.out, STAGE)
     if m is None or m.get("fingerprint") != tcfg.fingerprint():
         return False
-    uris = list_videos(tcfg.videos)
-    units = m.get("units", {})
-    sources = _sources(uris, units)
-    for u in uris:
-        v = video_id_of(u)
-        if v not in units or v not in sources or not stage.same_source(units[v].get("source"), sources[v]):
-            return False
+    uris, sources, todo = plan_videos(tcfg, m)
+    if todo or len(sources) < len(uris):
+        return False
     try:
         runs.committed_files(tcfg.out, STAGE)
     except CionError:

@@ -35,10 +35,9 @@ from cion_ray.config import from_dict
 from cion_ray.curation.config import CurateConfig
 from cion_ray.curation.core import (IdentityTable, VideoCrops, VideoLevels, check_unique, denoise_video_levels,
                                     range_relations, reduce_identities)
-from cion_ray.linking.ranges import sliding_ranges
 from cion_ray.curation.export import cion_al_path, market_path
 from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
-from cion_ray.linking.ranges import range_key
+from cion_ray.linking.ranges import range_key, sliding_ranges
 from cion_ray.curation.report import build_report, report_text
 from cion_ray.curation.store import load_levels, save_levels, video_uri
 from cion_ray.embed.timm_embedder import build_embedder

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,7 +30,8 @@ from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
 from cion_ray.pretrain.config import PretrainConfig
 from cion_ray.progress import Progress, verbose
-from cion_ray.runtime.session import cluster_gpus, ensure_ray, root_message, train_log_level, train_storage
+from cion_ray.runtime.session import (Poller, cluster_gpus, ensure_ray, root_message, train_log_level,
+                                      train_storage)
 
 RUN_NAME = "train"
 RUN_FILE = "pretrain.json"
@@ -206,15 +206,14 @@ def _check_inputs(cfg: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
-class _RelayPrinter:
+class _RelayPrinter(Poller):
     """The driver side of the relay: while fit() runs, a thread prints rank 0's messages through
     `log` and keeps a Progress of iterations (label: the epoch; rate in it/s and img/s)."""
 
     def __init__(self, relay, log, poll_s: float = 0.5):
-        self.relay, self.log, self.poll_s = relay, log, poll_s
+        super().__init__(poll_s, "pretrain-progress")
+        self.relay, self.log = relay, log
         self.progress: Progress | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="pretrain-progress", daemon=True)
 
     def _sync(self) -> None:
         try:
@@ -238,20 +237,10 @@ class _RelayPrinter:
         if state["iteration"] > p.done:
             p.update(state["iteration"] - p.done)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self._sync()
-
-    def __enter__(self) -> "_RelayPrinter":
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _finish(self, failed: bool) -> None:
         self._sync()  # the last messages (a failed run's too)
         if self.progress is not None:
-            self.progress.close(failed=exc_type is not None)
+            self.progress.close(failed=failed)
 
 
 @dataclass

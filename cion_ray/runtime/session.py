@@ -167,7 +167,36 @@ class ProgressCounter:
         return self._n
 
 
-class PolledProgress:
+class Poller:
+    """A thread that calls `_sync()` every `poll_s` seconds while the driver waits in a blocking
+    Ray call, as a context manager; at the end `_finish(failed)` (after the thread has stopped)."""
+
+    def __init__(self, poll_s: float, name: str):
+        self.poll_s = poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+
+    def _sync(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self, failed: bool) -> None:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self._sync()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._finish(exc_type is not None)
+
+
+class PolledProgress(Poller):
     """A driver-side `Progress` fed by polling a count kept elsewhere (an actor) while the driver
     waits in a blocking Ray call (write_parquet, take_all, trainer.fit).
 
@@ -178,7 +207,8 @@ class PolledProgress:
     polled every `poll_s` seconds on a thread, and once more at the end."""
 
     def __init__(self, progress: Progress, read: Callable[[], int] | None = None, poll_s: float = 0.5):
-        self.progress, self.poll_s = progress, poll_s
+        super().__init__(poll_s, f"progress-{progress.stage}")
+        self.progress = progress
         self.counter = None
         if read is None:
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -189,8 +219,6 @@ class PolledProgress:
             counter = self.counter
             read = lambda: ray.get(counter.value.remote(), timeout=10)  # noqa: E731
         self._read = read
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"progress-{progress.stage}", daemon=True)
 
     def _sync(self) -> None:
         try:
@@ -200,20 +228,10 @@ class PolledProgress:
         if n != self.progress.done:
             self.progress.update(n - self.progress.done)
 
-    def _loop(self) -> None:
-        while not self._stop.wait(self.poll_s):
+    def _finish(self, failed: bool) -> None:
+        if not failed:
             self._sync()
-
-    def __enter__(self) -> "PolledProgress":
-        self._thread.start()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self._stop.set()
-        self._thread.join()
-        if exc_type is None:
-            self._sync()
-        self.progress.close(failed=exc_type is not None)
+        self.progress.close(failed=failed)
         # not killed: adds still in flight would fail, each an "unhandled error" logged by a
         # worker; the counter goes when the last handle does (the dataset's, the stage's)
         self.counter = None

@@ -299,10 +299,7 @@ def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = N
         runs.check_fingerprint(m, cfg.fingerprint(), out)
     else:
         m = runs.empty_manifest(STAGE, cfg.fingerprint(), asdict(cfg))
-    uris = list_videos(cfg.videos)
-    sources = _sources(uris, m["units"])
-    _refuse_changed(cfg, uris, sources, m["units"])
-    todo = [u for u in uris if video_id_of(u) not in m["units"]]
+    uris, sources, todo = plan_videos(cfg, m)
     result = TrackResult(out=out, run_id=None,
                          videos_skipped_finished=sorted(video_id_of(u) for u in uris if u not in todo))
     if result.videos_skipped_finished:
@@ -321,6 +318,15 @@ def run_track(cfg: TrackConfig, overwrite: bool = False, address: str | None = N
         raise CionError(f"{cfg.videos}: no video could be tracked ({len(result.skipped)} skipped; the reasons are in "
                         f"{fs.join(out, 'report.txt')}); nothing was committed in {out}")
     return result
+
+
+def plan_videos(cfg: TrackConfig, m: dict) -> tuple[list[str], dict[str, dict], list[str]]:
+    """(every video under cfg.videos, their source identities, those not committed in manifest m).
+    A committed video whose file now has other content is refused (CionError), before any work."""
+    uris = list_videos(cfg.videos)
+    sources = _sources(uris, m["units"])
+    _refuse_changed(cfg, uris, sources, m["units"])
+    return uris, sources, [u for u in uris if video_id_of(u) not in m["units"]]
 
 
 def _sources(uris: list[str], units: dict) -> dict[str, dict]:
