@@ -96,7 +96,7 @@ def add_curate_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--crops", required=True, help="output of `cion-ray track` (folder or s3:// prefix)")
     s.add_argument("--out", required=True, help="output folder or s3:// prefix")
     s.add_argument("--gt", help="synthetic world folder (or MOT folder) for per-level quality figures")
-    s.add_argument("--embedder", help="handcrafted (no weights) or timm:NAME (with --weights)")
+    s.add_argument("--embedder", help="handcrafted (no weights), timm:NAME (with --weights) or cion:RUN (a `cion-ray pretrain` run)")
     s.add_argument("--weights", help="embedder checkpoint: path or s3:// URI")
     s.add_argument("--dtype", choices=["float32", "float16"], help="stored embedding type")
     s.add_argument("--window", type=int, help="videos per sliding range (W)")

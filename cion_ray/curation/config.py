@@ -15,10 +15,12 @@ from cion_ray.errors import ConfigError
 
 @dataclass
 class EmbedConfig:
-    """`handcrafted` (no weights) or `timm:<name>` with `weights` (path or s3:// URI; a plain state dict,
-    a timm checkpoint, or a cion-ray pre-training checkpoint)."""
+    """`handcrafted` (no weights), `timm:<name>` with `weights` (path or s3:// URI; a plain state dict,
+    a timm checkpoint, or a cion-ray pre-training checkpoint), or `cion:<run>`: the backbone of a
+    `cion-ray pretrain` run (its folder or export, local or s3://), with the architecture and input
+    size the run recorded."""
 
-    embedder: str = "handcrafted"  # handcrafted (a weights-free descriptor) or timm:<name> (needs weights)
+    embedder: str = "handcrafted"  # handcrafted (weights-free), timm:<name> (needs weights) or cion:<pre-training run>
     weights: str = ""  # timm embedder checkpoint: path or s3:// URI
     dtype: str = "float32"  # stored embedding type: float32 or float16
     batch: int = 256  # crops per forward pass
@@ -26,8 +28,13 @@ class EmbedConfig:
     width: int = 128  # embedder input width in pixels
 
     def __post_init__(self):
-        if self.embedder != "handcrafted" and not self.embedder.startswith("timm:"):
-            raise ConfigError(f"embed.embedder must be 'handcrafted' or 'timm:<name>', got {self.embedder!r}")
+        if self.embedder != "handcrafted" and not self.embedder.startswith(("timm:", "cion:")):
+            raise ConfigError(f"embed.embedder must be 'handcrafted', 'timm:<name>' or 'cion:<pre-training run>', "
+                              f"got {self.embedder!r}")
+        if self.embedder.startswith(("timm:", "cion:")) and not self.embedder.split(":", 1)[1]:
+            raise ConfigError(f"embed.embedder {self.embedder!r} names no backbone or run")
+        if self.embedder.startswith("cion:") and self.weights:
+            raise ConfigError("embed.weights: a cion:<run> embedder takes its weights from the run; leave weights empty")
         if self.dtype not in ("float32", "float16"):
             raise ConfigError(f"embed.dtype must be float32 or float16, got {self.dtype!r}")
         require(self.batch >= 1, "embed.batch", ">= 1", self.batch)
@@ -94,6 +101,19 @@ class PoolConfig:
 
 
 TIMM_PREPROCESS = "pil-bicubic/1"
+_IDENTITIES: dict[str, dict] = {}
+
+
+def checkpoint_identity(uri: str) -> str:
+    """The content of the checkpoint file a weights URI resolves to (the newest checkpoint of a
+    run folder): its sha256 locally, its ETag on S3. A local file is hashed once per size and
+    modification time in this process."""
+    from cion_ray.io import stage
+    from cion_ray.zoo.checkpoints import find_checkpoint_file
+
+    file = find_checkpoint_file(uri)
+    ident = _IDENTITIES[file] = stage.source_identity(file, _IDENTITIES.get(file))
+    return f"{file}:{ident.get('sha256') or ident.get('etag')}:{ident.get('size')}"
 
 
 @dataclass
@@ -112,10 +132,14 @@ class CurateConfig:
     def embed_fingerprint(self) -> str:
         d = asdict(self.embed)
         d.pop("batch")
-        if self.embed.embedder.startswith("timm:"):
+        if self.embed.embedder.startswith(("timm:", "cion:")):
             # the timm embedder's input pipeline (cion_ray.zoo.features: PIL bicubic resize; it was
             # cv2 bilinear): embeddings cached under the old one are another feature space
             d["preprocess"] = TIMM_PREPROCESS
+        if self.embed.embedder.startswith("cion:"):
+            # the checkpoint's bytes, not its path: a run trained further (or again) at the same
+            # place is another embedder, and embeddings cached with the old one must not be reused
+            d["checkpoint"] = checkpoint_identity(self.embed.embedder[5:])
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def fingerprint(self) -> str:

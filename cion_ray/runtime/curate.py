@@ -479,6 +479,9 @@ def _check_inputs(cfg: CurateConfig) -> tuple[dict, list[str]]:
             raise CionError(f"the {cfg.embed.embedder} embedder needs --weights (a checkpoint path or s3:// URI)")
         if not fs.exists(cfg.embed.weights):
             raise CionError(f"embedder weights {cfg.embed.weights}: not found")
+    if cfg.embed.embedder.startswith("cion:"):
+        from cion_ray.zoo.checkpoints import find_checkpoint_file
+        find_checkpoint_file(cfg.embed.embedder[5:])  # a missing run or one without a checkpoint, named
     crops_m = runs.load_manifest(cfg.crops, "track")
     if crops_m is None:
         raise CionError(f"{cfg.crops}: no committed tracking output here (no _manifest.json)")
@@ -520,7 +523,7 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
             return current
     ensure_ray(address)
     if cfg.pool.gpus_per_actor < 0:
-        auto = 1.0 if cfg.embed.embedder.startswith("timm:") and cluster_gpus() >= 1 else 0.0
+        auto = 1.0 if cfg.embed.embedder.startswith(("timm:", "cion:")) and cluster_gpus() >= 1 else 0.0
         cfg = replace(cfg, pool=replace(cfg.pool, gpus_per_actor=auto))
     use_gpu = cfg.pool.gpus_per_actor > 0
     if use_gpu and cluster_gpus() < cfg.pool.gpus_per_actor:
