@@ -46,9 +46,13 @@ def run(args: argparse.Namespace) -> int:
     for s in r.stages:
         main = s.outputs.get("result") or s.outputs.get("backbone.pth") or s.outputs.get("curated") \
             or s.outputs.get("crops") or ""
-        print(f"  {s.name:<9}{s.state:<8}{s.summary}" + (f"\n  {'':<17}{main}" if main and s.name != "track" else ""))
+        name, w = (s.name, 9) if cfg.rounds == 1 else (f"r{s.round} {s.name}", 12)  # rounds: the stage's round
+        print(f"  {name:<{w}}{s.state:<8}{s.summary}" + (f"\n  {'':<{w + 8}}{main}" if main and s.name != "track" else ""))
     if r.study:
         print(f"  study:   {r.study['files']['study.md']}  plot: {r.study['files']['study.png']}")
+    if r.rounds:
+        print(f"  rounds:  {r.rounds['files']['rounds.csv']}  plot: {r.rounds['files']['rounds.png']}")
+        print("".join(f"    {line}\n" for line in r.rounds["md"].splitlines()), end="")
     print(f"  status:  {r.out}/status.json   config: {r.out}/pipeline.yaml")
     return 0
 

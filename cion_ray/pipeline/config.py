@@ -5,6 +5,10 @@ The pipeline owns the paths between stages: track writes `<out>/crops`, curate r
 writes `<out>/curated`, pre-training reads that and writes under `<out>/pretrain`, evaluation
 reads its checkpoint and writes under `<out>/evaluate`. Setting one of those keys in a section
 is an error that says which top-level key to use instead.
+
+With `rounds` > 1, round r >= 2 curates the same crops again into `<out>/curated-r<r>`, embedding
+them with the backbone that round r - 1 pre-trained (`curate.embed.embedder = cion:<its run>`),
+then pre-trains on that and evaluates; round 1 is the pipeline as it is without rounds.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from cion_ray.config import load_config
+from cion_ray.config import load_config, require
 from cion_ray.curation.config import CurateConfig
 from cion_ray.errors import ConfigError
 from cion_ray.evaluate.pipeline import EvaluateConfig
@@ -42,7 +46,8 @@ class PipelineConfig:
     videos: str = ""  # input videos: a folder or s3:// prefix (the track stage's input)
     stages: list[str] = field(default_factory=lambda: list(STAGES))  # the stages to run, in pipeline order
     name: str = "cion"  # this pipeline's name: in the Ray job's metadata and its submission id
-    fractions: list[float] = field(default_factory=list)  # data-percentage study: pre-train and evaluate once per fraction of the identities (empty: once, on all)
+    fractions: list[float] = field(default_factory=list)  # data-percentage study: pre-train and evaluate once per fraction of the identities (empty: once, on all); with rounds, in the last round
+    rounds: int = 1  # curation rounds: round r >= 2 re-curates the crops with round r-1's pre-trained backbone as the embedder (curated-r<r>/), pre-trains and evaluates again; quality per round in rounds.csv
     track: TrackConfig = field(default_factory=TrackConfig)  # `cion-ray track` settings (docs/config.md#track)
     curate: CurateConfig = field(default_factory=CurateConfig)  # `cion-ray curate` settings
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # `cion-ray pretrain` settings
@@ -65,6 +70,7 @@ class PipelineConfig:
                 raise ConfigError(f"fractions: {f}: each fraction must be in (0, 1]")
         if len(set(self.fractions)) != len(self.fractions):
             raise ConfigError("fractions: a fraction is listed twice")
+        require(self.rounds >= 1, "rounds", ">= 1", self.rounds)
 
 
 def load_pipeline(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
@@ -102,6 +108,9 @@ def check(cfg: PipelineConfig) -> None:
                           "bounding_box_test/); or end `stages` at pretrain")
     if cfg.fractions and "pretrain" not in cfg.stages:
         raise ConfigError("fractions: a data-percentage study pre-trains once per fraction; add pretrain to stages")
+    if cfg.rounds > 1 and not {"curate", "pretrain"} <= set(cfg.stages):
+        raise ConfigError(f"rounds: {cfg.rounds} rounds re-curate with each round's pre-trained backbone; "
+                          "stages must include curate and pretrain")
 
 
 def _upstream_absent(cfg: PipelineConfig, stage: str) -> bool:
@@ -113,13 +122,29 @@ def stage_configs(cfg: PipelineConfig) -> dict[str, object]:
     paths depend on their inputs' content and are completed when the stage starts)."""
     out = cfg.out.rstrip("/")
     crops = cfg.curate.crops if "track" not in cfg.stages and cfg.curate.crops else f"{out}/crops"
-    data = cfg.pretrain.data if "curate" not in cfg.stages and cfg.pretrain.data else f"{out}/curated"
+    data = cfg.pretrain.data if "curate" not in cfg.stages and cfg.pretrain.data else curated_out(out, 1)
     return {
         "track": replace(cfg.track, videos=cfg.videos, out=f"{out}/crops"),
-        "curate": replace(cfg.curate, crops=crops, out=f"{out}/curated"),
+        "curate": replace(cfg.curate, crops=crops, out=curated_out(out, 1)),
         "pretrain": replace(cfg.pretrain, data=data),
         "evaluate": cfg.evaluate,
     }
+
+
+def curated_out(out: str, rnd: int) -> str:
+    """Where round `rnd` writes its curation: `<out>/curated` in round 1, `<out>/curated-r<rnd>` after."""
+    return f"{out.rstrip('/')}/curated" + (f"-r{rnd}" if rnd > 1 else "")
+
+
+def round_configs(cfg: PipelineConfig, rnd: int, embedder_run: str) -> dict[str, object]:
+    """The stage configs of round `rnd` >= 2: curation of the same crops with the backbone of
+    `embedder_run` (the previous round's pre-training run folder) into curated-r<rnd>/, and
+    pre-training on that (from the same settings as round 1; evaluation as in round 1)."""
+    base = stage_configs(cfg)
+    data = curated_out(cfg.out, rnd)
+    embed = replace(cfg.curate.embed, embedder=f"cion:{embedder_run}", weights="")
+    return {**base, "curate": replace(base["curate"], out=data, embed=embed),
+            "pretrain": replace(base["pretrain"], data=data)}
 
 
 def digest(cfg: PipelineConfig) -> str:
@@ -141,4 +166,5 @@ def _plain(v):
     return v
 
 
-__all__ = ["PipelineConfig", "STAGES", "load_pipeline", "check", "stage_configs", "digest", "to_yaml"]
+__all__ = ["PipelineConfig", "STAGES", "load_pipeline", "check", "stage_configs", "curated_out", "round_configs",
+           "digest", "to_yaml"]

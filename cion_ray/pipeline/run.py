@@ -11,6 +11,13 @@ What is committed, stage by stage:
 `_pipeline.json` under the output records each finished stage (its key and output records); a
 stage is skipped only when its key matches and its outputs still pass their records.
 
+Rounds (`rounds` > 1): round r >= 2 runs curate, pretrain and evaluate again, the curation into
+`curated-r<r>/` with round r-1's pre-training run as the embedder. Each round is skipped or
+resumed like the first: its curation by its manifest (a curation made with an earlier backbone
+of round r-1 is replaced: the pipeline made it, no setting of the user's is lost), its pre-training
+and evaluation by their content keys. rounds.csv / .md / .png hold each round's quality; with
+`fractions`, the data-percentage study runs in the last round.
+
 `status.json` under the output says what is running now (stage, progress, ETA) and what each
 stage did; the Ray job's metadata (set at submission) names the pipeline and its run id.
 """
@@ -25,7 +32,8 @@ from typing import Callable
 
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs, stage
-from cion_ray.pipeline.config import PipelineConfig, digest, stage_configs, to_yaml
+from cion_ray.pipeline.config import PipelineConfig, curated_out, digest, round_configs, stage_configs, to_yaml
+from cion_ray.pipeline.rounds import md_text, round_row, write_rounds
 
 PIPELINE_FILE = "_pipeline.json"
 STATUS_FILE = "status.json"
@@ -41,6 +49,7 @@ class StageResult:
     outputs: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     metrics: dict = field(default_factory=dict)
+    round: int = 1
 
 
 @dataclass
@@ -50,6 +59,7 @@ class PipelineResult:
     stages: list[StageResult]
     seconds: float
     study: dict | None = None  # data-percentage study: rows and table/plot files
+    rounds: dict | None = None  # curation rounds (rounds > 1): rows, their Markdown table and the files
 
 
 def job_info() -> dict:
@@ -75,7 +85,9 @@ class Status:
         self.doc = {"format": FORMAT, "name": cfg.name, "run_id": run_id, "state": "RUNNING", "stage": None,
                     "config": CONFIG_FILE, "config_digest": digest(cfg), "job": job_info(),
                     "started": _now(), "updated": _now(),
-                    "stages": {s: {"state": "pending"} for s in cfg.stages}}
+                    "stages": {status_key(s, r): {"state": "pending"} for r, s in plan(cfg)}}
+        if cfg.rounds > 1:
+            self.doc["rounds"] = {"total": cfg.rounds, "current": None, "done": []}
         self.write()
 
     def write(self) -> None:
@@ -89,8 +101,19 @@ class Status:
         self.doc["stages"][name] = {"state": "running", "started": _now()}
         self.write()
 
+    def begin_round(self, rnd: int) -> None:
+        if "rounds" in self.doc:
+            self.doc["rounds"]["current"] = rnd
+            self.write()
+
+    def end_round(self, row: dict) -> None:
+        """A finished round's summary (its rounds.csv row)."""
+        done = [d for d in self.doc["rounds"]["done"] if d["round"] != row["round"]]
+        self.doc["rounds"]["done"] = done + [row]
+        self.write()
+
     def end(self, r: StageResult) -> None:
-        entry = self.doc["stages"][r.name]
+        entry = self.doc["stages"][status_key(r.name, r.round)]
         entry.update(state=r.state, finished=_now(), seconds=round(r.seconds, 1), summary=r.summary,
                      outputs=r.outputs)
         entry.pop("progress", None)
@@ -118,7 +141,21 @@ class Status:
                 self.doc["stages"][name]["state"] = "failed"
         else:
             self.doc["stage"] = None
+            if "rounds" in self.doc:
+                self.doc["rounds"]["current"] = None
         self.write()
+
+
+def plan(cfg: PipelineConfig) -> list[tuple[int, str]]:
+    """(round, stage) in the order they run: cfg.stages, then for each further round its stages
+    from curate on (the crops are tracked once)."""
+    later = [s for s in cfg.stages if s != "track"]
+    return [(1, s) for s in cfg.stages] + [(r, s) for r in range(2, cfg.rounds + 1) for s in later]
+
+
+def status_key(name: str, rnd: int) -> str:
+    """A stage's entry in status.json: its name in round 1, `<name>-r<round>` after."""
+    return name if rnd == 1 else f"{name}-r{rnd}"
 
 
 def _now() -> str:
@@ -161,6 +198,7 @@ class _Ctx:
     ledger: _Ledger
     status: Status
     configs: dict
+    round: int = 1
 
 
 def run_pipeline(cfg: PipelineConfig, address: str | None = None, overwrite: tuple[str, ...] = (),
@@ -183,29 +221,46 @@ def run_pipeline(cfg: PipelineConfig, address: str | None = None, overwrite: tup
     ctx = _Ctx(cfg, out, address, set(overwrite), log, _Ledger(out), Status(out, run_id, cfg), stage_configs(cfg))
     listener = _listen(ctx.status)
     results: list[StageResult] = []
-    fractions = list(cfg.fractions) or [None]
+    steps = plan(cfg)
+    rows: list[dict] = []
     try:
-        for name in cfg.stages:
-            log(f"== {name} ({cfg.stages.index(name) + 1}/{len(cfg.stages)}) ==")
-            ctx.status.start(name)
-            s0 = time.perf_counter()
-            if name in ("pretrain", "evaluate"):
-                parts = [STAGE_FUNCS[name](ctx, results, f) for f in fractions]
-                r = parts[0] if len(parts) == 1 else _combine(name, fractions, parts)
-            else:
-                r = STAGE_FUNCS[name](ctx, results, None)
-            r.seconds = time.perf_counter() - s0
-            results.append(r)
-            ctx.status.end(r)
-            log(f"   {name}: {r.state}: {r.summary}")
+        for rnd in range(1, cfg.rounds + 1):
+            if rnd > 1:  # the previous round's pre-training run embeds this round's crops
+                ctx.configs = round_configs(cfg, rnd, _round_run(results, rnd - 1))
+            ctx.round = rnd
+            ctx.status.begin_round(rnd)
+            # a data-percentage study runs once, on the last round's curation
+            fractions = (list(cfg.fractions) or [None]) if rnd == cfg.rounds else [None]
+            done: list[StageResult] = []
+            for name in [s for r, s in steps if r == rnd]:
+                i = steps.index((rnd, name)) + 1
+                where = f"round {rnd}/{cfg.rounds}, " if cfg.rounds > 1 else ""
+                log(f"== {name} ({where}{i}/{len(steps)}) ==")
+                ctx.status.start(status_key(name, rnd))
+                s0 = time.perf_counter()
+                if name in ("pretrain", "evaluate"):
+                    parts = [STAGE_FUNCS[name](ctx, done, f) for f in fractions]
+                    r = parts[0] if len(parts) == 1 else _combine(name, fractions, parts)
+                else:
+                    r = STAGE_FUNCS[name](ctx, done, None)
+                r.seconds = time.perf_counter() - s0
+                r.round = rnd
+                done.append(r)
+                ctx.status.end(r)
+                log(f"   {name}: {r.state}: {r.summary}")
+            results += done
+            if cfg.rounds > 1:
+                rows.append(_round_summary(ctx, rnd, done))
+                ctx.status.end_round(rows[-1])
         study = _study(ctx, results) if cfg.fractions and "evaluate" in cfg.stages else None
+        rounds = _rounds(ctx, rows) if cfg.rounds > 1 else None
     except BaseException as e:
         ctx.status.finish("FAILED", fs.redact(str(e)) or type(e).__name__)
         raise
     finally:
         _unlisten(listener)
     ctx.status.finish("SUCCEEDED")
-    return PipelineResult(out, run_id, results, time.perf_counter() - t0, study)
+    return PipelineResult(out, run_id, results, time.perf_counter() - t0, study, rounds)
 
 
 def _listen(status: Status):
@@ -275,13 +330,32 @@ def _curate(ctx: _Ctx, done: list[StageResult], _fraction) -> StageResult:
     from cion_ray.runtime.curate import run_curate
 
     ccfg = ctx.configs["curate"]
-    r = run_curate(ccfg, overwrite="curate" in ctx.overwrite, address=ctx.address, log=ctx.log)
+    overwrite = "curate" in ctx.overwrite
+    if not overwrite and ctx.round > 1 and _made_with_another_embedder(ccfg):
+        ctx.log(f"   {ccfg.out} was curated with an earlier backbone of round {ctx.round - 1}: curating again "
+                f"with {ccfg.embed.embedder}")
+        overwrite = True
+    r = run_curate(ccfg, overwrite=overwrite, address=ctx.address, log=ctx.log)
     outputs = {"curated": ccfg.out, "report": f"{ccfg.out}/report.txt"}
     outputs.update({f"export{i}": e for i, e in enumerate(r.exports)})
     summary = f"{r.identities} identities, {r.samples} images from {r.report['videos']} videos"
     return StageResult("curate", "skipped" if r.current else "done",
                        summary + (" (committed before, inputs unchanged)" if r.current else ""), outputs,
-                       metrics={"identities": r.identities, "images": r.samples})
+                       metrics={"identities": r.identities, "images": r.samples, "embedder": ccfg.embed.embedder,
+                                "levels": r.report.get("levels", {}),
+                                "ground_truth": bool(r.report.get("ground_truth"))})
+
+
+def _made_with_another_embedder(ccfg) -> bool:
+    """Whether a later round's curation folder (or its embedding cache) was written with other
+    settings than ccfg's: in a round >= 2 that means another backbone of the round before (the
+    run was trained again, or its settings changed), so what is there is replaced, not refused."""
+    from cion_ray.runtime.curate import EMBED_STAGE, STAGE as CURATE
+
+    committed = runs.load_manifest(ccfg.out, CURATE)
+    embedded = runs.load_manifest(fs.join(ccfg.out, "embeddings"), EMBED_STAGE)
+    return (committed is not None and committed["fingerprint"] != ccfg.fingerprint()) or \
+        (embedded is not None and embedded["fingerprint"] != ccfg.embed_fingerprint())
 
 
 def _pretrain_key(ctx: _Ctx, pcfg) -> str:
@@ -352,7 +426,7 @@ def _evaluate(ctx: _Ctx, done: list[StageResult], fraction) -> StageResult:
 def _trained_weights(done: list[StageResult], fraction) -> tuple[str, str]:
     """(what to evaluate, the file that identifies it): the pretrain stage's run folder (its final
     checkpoint records the backbone and the size it was trained at) and its exported backbone.pth,
-    for `fraction` in a study."""
+    for `fraction` in a study. done: this round's stages."""
     pre = next(r for r in done if r.name == "pretrain")
     per = pre.metrics.get("runs")
     backbone = per[f"{fraction:g}"] if per else pre.outputs["backbone.pth"]
@@ -387,10 +461,32 @@ def _combine(name: str, fractions: list[float], parts: list[StageResult]) -> Sta
     return StageResult(name, state, summary, outputs, metrics=metrics)
 
 
+def _round_run(results: list[StageResult], rnd: int) -> str:
+    """The pre-training run folder of round `rnd` (it pre-trained once, on all its data)."""
+    return next(r for r in results if r.name == "pretrain" and r.round == rnd).outputs["run"]
+
+
+def _round_summary(ctx: _Ctx, rnd: int, done: list[StageResult]) -> dict:
+    by = {r.name: r for r in done}
+    cur, pre, ev = by["curate"], by.get("pretrain"), by.get("evaluate")
+    run = pre.outputs.get("run", "") if pre else ""
+    return round_row(rnd, cur.metrics.get("embedder", ""), cur.outputs.get("curated", curated_out(ctx.out, rnd)),
+                     cur.metrics, ev.metrics if ev else None, run)
+
+
+def _rounds(ctx: _Ctx, rows: list[dict]) -> dict:
+    """rounds.csv / .md / .png: each round's curation quality and held-out retrieval."""
+    title = f"{ctx.cfg.name}: {len(rows)} curation rounds ({ctx.cfg.pretrain.model.arch})"
+    files = write_rounds(ctx.out, rows, title)
+    md = md_text(rows)
+    ctx.log(md.rstrip())
+    return {"rows": rows, "md": md, "files": files}
+
+
 def _study(ctx: _Ctx, results: list[StageResult]) -> dict:
     """The data-percentage study's table (CSV, Markdown) and plot (mAP and rank-1 against the
-    percentage of identities), from the evaluate stage's per-fraction results."""
-    ev = next(r for r in results if r.name == "evaluate")
+    percentage of identities), from the evaluate stage's per-fraction results (the last round's)."""
+    ev = [r for r in results if r.name == "evaluate"][-1]
     rows = sorted(({"fraction": m["fraction"], "mAP": m.get("mAP"), "rank1": m.get("rank1"), "mINP": m.get("mINP")}
                    for m in ev.metrics.get("per_fraction", [ev.metrics])), key=lambda r: r["fraction"])
     csv = "fraction,mAP,rank1,mINP\n" + "".join(
