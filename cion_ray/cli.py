@@ -20,7 +20,8 @@ def _synth(args: argparse.Namespace) -> int:
 
     if args.workers < 0:
         raise CionError(f"--workers must be >= 0 (0: one per core), got {args.workers}")
-    direct = {k: getattr(args, k) for k in ("videos", "identities", "frames", "seed", "cameras", "width", "height")}
+    direct = {k: getattr(args, k) for k in ("videos", "identities", "frames", "seed", "cameras", "width", "height",
+                                            "style", "cast")}
     cfg = load_config(SynthConfig, args.config, args.set, base=preset(args.preset), values=direct)
     s = generate_world(cfg, args.out, workers=args.workers, force=args.force)
     print(f"world: {s.out}  ({'reused' if s.reused else f'generated in {s.seconds:.1f}s'})")
@@ -487,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cameras", type=int, help="number of cameras (1-9)")
     s.add_argument("--width", type=int, help="frame width in pixels")
     s.add_argument("--height", type=int, help="frame height in pixels")
+    s.add_argument("--style", help="how people and imaging look: default | alt (other palettes, clothes, "
+                                   "accessories and proportions; stronger casts, gain, blur and noise)")
+    s.add_argument("--cast", type=float, help="strength of each video's colour cast (0: none, 1: the style's own)")
     s.add_argument("--workers", type=int, default=0, help="render processes (0 = one per core)")
     s.add_argument("--force", action="store_true", help="regenerate even if a complete world is there")
     s.add_argument("--config", help="YAML file with SynthConfig fields")

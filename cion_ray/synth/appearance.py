@@ -60,7 +60,7 @@ class Identity:
         return asdict(self)
 
 
-def _jitter(rng: np.random.Generator, rgb, amount: int = 12) -> tuple[int, int, int]:
+def jitter_colour(rng: np.random.Generator, rgb, amount: int = 12) -> tuple[int, int, int]:
     v = np.asarray(rgb, dtype=np.int32) + rng.integers(-amount, amount + 1, size=3)
     return tuple(int(c) for c in np.clip(v, 0, 255))
 
@@ -78,20 +78,20 @@ def sample_identities(rng: np.random.Generator, n: int, first_id: int = 1) -> li
         bag = BAGS[rng.choice(len(BAGS), p=[0.55, 0.25, 0.2])]
         people.append(Identity(
             id=first_id + i,
-            top=_jitter(rng, PALETTE[top_name]), top_name=top_name,
-            secondary=_jitter(rng, PALETTE[sec_name]),
+            top=jitter_colour(rng, PALETTE[top_name]), top_name=top_name,
+            secondary=jitter_colour(rng, PALETTE[sec_name]),
             pattern=pattern,
             sleeves=SLEEVES[rng.integers(2)],
-            bottom=_jitter(rng, PALETTE[bottom_name]), bottom_name=bottom_name,
+            bottom=jitter_colour(rng, PALETTE[bottom_name]), bottom_name=bottom_name,
             bottom_style=BOTTOM_STYLES[rng.choice(3, p=[0.7, 0.15, 0.15])],
-            skin=_jitter(rng, SKIN_TONES[rng.integers(len(SKIN_TONES))], 8),
-            hair=_jitter(rng, HAIR_TONES[rng.integers(len(HAIR_TONES))], 8),
+            skin=jitter_colour(rng, SKIN_TONES[rng.integers(len(SKIN_TONES))], 8),
+            hair=jitter_colour(rng, HAIR_TONES[rng.integers(len(HAIR_TONES))], 8),
             hair_style=HAIR_STYLES[rng.choice(3, p=[0.55, 0.3, 0.15])],
             shoes=SHOE_TONES[rng.integers(len(SHOE_TONES))],
             height=float(rng.uniform(0.88, 1.12)),
             build=float(rng.uniform(0.85, 1.2)),
             bag=bag,
-            bag_colour=_jitter(rng, PALETTE[TOP_COLOURS[rng.integers(len(TOP_COLOURS))]]),
+            bag_colour=jitter_colour(rng, PALETTE[TOP_COLOURS[rng.integers(len(TOP_COLOURS))]]),
             speed=float(rng.uniform(0.75, 1.3)),
         ))
     return people

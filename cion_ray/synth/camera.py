@@ -1,5 +1,6 @@
 """Cameras: a fixed scene (background, perspective, occluding pole) per camera,
-and per-video imaging conditions (gain, colour cast, blur, noise).
+and per-video imaging conditions (gain, colour cast, blur, noise; in the "alt" style
+also saturation, a tone curve and haze).
 
 Images here are float32 RGB in [0, 255] until `finish_frame` quantises them.
 """
@@ -57,12 +58,47 @@ def sample_camera(rng: np.random.Generator, cam_id: int) -> Camera:
     )
 
 
-def sample_conditions(rng: np.random.Generator) -> Conditions:
+@dataclass(frozen=True)
+class AltConditions(Conditions):
+    """Imaging of the "alt" style: besides gain and cast, colour saturation, a tone curve and haze."""
+
+    saturation: float  # 1 keeps the colours, 0 is grey
+    gamma: float  # tone curve exponent on [0, 1] intensities
+    haze: float  # grey level the blacks are lifted to
+
+
+def _scaled_cast(cast: np.ndarray, strength: float) -> tuple[float, float, float]:
+    if strength != 1.0:  # the default draw stays bit for bit as it was
+        cast = np.maximum(0.0, 1.0 + strength * (cast - 1.0))
+    return tuple(float(c) for c in cast)
+
+
+def sample_conditions(rng: np.random.Generator, style: str = "default", cast: float = 1.0) -> Conditions:
+    """One video's imaging conditions; `cast` scales how far the colour cast is from neutral."""
+    if style == "alt":
+        return _sample_alt_conditions(rng, cast)
     return Conditions(
         gain=float(rng.uniform(0.75, 1.2)),
-        cast=tuple(float(c) for c in rng.uniform(0.88, 1.12, size=3)),
+        cast=_scaled_cast(rng.uniform(0.88, 1.12, size=3), cast),
         blur=float(rng.uniform(0.0, 1.0)),
         noise=float(rng.uniform(1.5, 6.0)),
+    )
+
+
+def _sample_alt_conditions(rng: np.random.Generator, cast: float) -> AltConditions:
+    # a clear colour temperature (warm: more red, less blue; or cool), a green-magenta tint and a
+    # little per channel: red / blue ratios of about 1.15 to 1.7, where default casts stay near 1.1
+    temp = rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 1.0)
+    tint = rng.uniform(-0.12, 0.12)
+    raw = np.array([1.0 + 0.25 * temp, 1.0 + tint, 1.0 - 0.25 * temp]) * rng.uniform(0.95, 1.05, size=3)
+    return AltConditions(
+        gain=float(rng.uniform(0.55, 1.45)),
+        cast=_scaled_cast(raw, cast),
+        blur=float(rng.uniform(0.3, 1.8)),
+        noise=float(rng.uniform(3.0, 10.0)),
+        saturation=float(rng.uniform(0.55, 1.25)),
+        gamma=float(rng.uniform(0.75, 1.35)),
+        haze=float(rng.uniform(0.0, 28.0)),
     )
 
 
@@ -112,6 +148,11 @@ def person_height_px(cam: Camera, foot_y: float, frame_h: int, person_height: fl
 def finish_frame(img: np.ndarray, cond: Conditions, rng: np.random.Generator) -> np.ndarray:
     """Apply illumination gain, colour cast, optical blur and sensor noise; quantise to uint8."""
     out = img * (cond.gain * np.asarray(cond.cast, np.float32))
+    if isinstance(cond, AltConditions):
+        grey = out.mean(axis=-1, keepdims=True)
+        out = grey + np.float32(cond.saturation) * (out - grey)
+        out = 255.0 * np.power(np.clip(out / 255.0, 0.0, None), np.float32(cond.gamma))
+        out = np.float32(cond.haze) + out * np.float32(1.0 - cond.haze / 255.0)
     if cond.blur > 0.05:
         out = cv2.GaussianBlur(out, (0, 0), cond.blur)
     out = out + rng.normal(0.0, cond.noise, size=out.shape).astype(np.float32)

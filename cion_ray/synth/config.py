@@ -5,6 +5,10 @@ from dataclasses import dataclass, field, replace
 
 from cion_ray.errors import ConfigError
 
+# how people and imaging are drawn: "alt" is another distribution of figures, clothes, accessories
+# and imaging conditions, for a world the hand-crafted descriptor was not designed on
+STYLES = ("default", "alt")
+
 
 @dataclass
 class DetNoiseConfig:
@@ -79,6 +83,8 @@ class SynthConfig:
     locality: int = 2  # a person's videos lie mostly within this many of a home position in the video order
     far_prob: float = 0.15  # probability one of a person's videos is anywhere in the order instead
     reentry_prob: float = 0.12  # probability a person walks through a video a second time
+    style: str = "default"  # how people and imaging look: default, or alt (other palettes, clothing, accessories and proportions; stronger casts, gain, blur and noise)
+    cast: float = 1.0  # strength of each video's colour cast: 0 none, 1 the style's own, 2 twice as far from neutral
     det: DetNoiseConfig = field(default_factory=DetNoiseConfig)  # how det.txt departs from the ground truth
     reid: ReidSplitConfig = field(default_factory=ReidSplitConfig)  # the Market-1501 style split
 
@@ -105,6 +111,10 @@ class SynthConfig:
             raise ConfigError(f"reid.min_cameras ({self.reid.min_cameras}) exceeds the number of cameras ({self.cameras})")
         if self.seed < 0:
             raise ConfigError(f"seed must be >= 0, got {self.seed}")
+        if self.style not in STYLES:
+            raise ConfigError(f"style must be one of {', '.join(STYLES)}, got {self.style!r}")
+        if not 0 <= self.cast < float("inf"):  # nan fails too
+            raise ConfigError(f"cast must be a finite number >= 0, got {self.cast}")
 
 
 PRESETS: dict[str, dict] = {

@@ -27,11 +27,11 @@ class PersonPatch:
     foot: tuple[float, float]
 
 
-def _shade(c, f: float) -> tuple[int, int, int]:
+def shade_rgb(c, f: float) -> tuple[int, int, int]:
     return tuple(int(min(255, max(0, round(x * f)))) for x in c)
 
 
-class _Canvas:
+class Canvas:
     def __init__(self, S: float, facing: int, width_units: float = 0.8, height_units: float = 1.08):
         self.S = S
         self.facing = facing
@@ -85,7 +85,7 @@ def render_person(person: Identity, body_height: float, phase: float, facing: in
     facing +1 (walking right) or -1 (left)."""
     ss = 3 if body_height < 70 else 2
     S = body_height * ss
-    cv = _Canvas(S, 1 if facing >= 0 else -1)
+    cv = Canvas(S, 1 if facing >= 0 else -1)
     b = person.build
     sw = math.sin(phase)
     bob = 0.008 * abs(math.cos(phase))
@@ -95,22 +95,22 @@ def render_person(person: Identity, body_height: float, phase: float, facing: in
     def leg(k: int, shade: float):
         foot = (k * 0.15 * sw, 0.035 + 0.02 * max(0.0, -k * sw))
         knee = (k * 0.075 * sw + 0.025, 0.27 + bob)
-        upper = _shade(person.bottom, shade)
-        lower = upper if person.bottom_style == "trousers" else _shade(person.skin, shade)
+        upper = shade_rgb(person.bottom, shade)
+        lower = upper if person.bottom_style == "trousers" else shade_rgb(person.skin, shade)
         cv.limb(hip, knee, leg_th, upper)
         cv.limb(knee, foot, leg_th * 0.9, lower)
         cv.poly([(foot[0] - 0.03, foot[1] + 0.02), (foot[0] + 0.07, foot[1] + 0.01),
-                 (foot[0] + 0.07, foot[1] - 0.03), (foot[0] - 0.03, foot[1] - 0.03)], _shade(person.shoes, shade))
+                 (foot[0] + 0.07, foot[1] - 0.03), (foot[0] - 0.03, foot[1] - 0.03)], shade_rgb(person.shoes, shade))
 
     def arm(k: int, shade: float):
         sh = (0.0, 0.785 + bob)
         elbow = (-k * 0.07 * sw, 0.635 + bob)
         hand = (-k * 0.14 * sw + 0.02, 0.48 + bob)
-        sleeve = _shade(person.top, shade)
-        fore = sleeve if person.sleeves == "long" else _shade(person.skin, shade)
+        sleeve = shade_rgb(person.top, shade)
+        fore = sleeve if person.sleeves == "long" else shade_rgb(person.skin, shade)
         cv.limb(sh, elbow, arm_th, sleeve)
         cv.limb(elbow, hand, arm_th * 0.9, fore)
-        cv.disc(hand, arm_th * 0.55, _shade(person.skin, shade))
+        cv.disc(hand, arm_th * 0.55, shade_rgb(person.skin, shade))
 
     leg(-1, 0.78)
     arm(-1, 0.78)
@@ -146,11 +146,11 @@ def render_person(person: Identity, body_height: float, phase: float, facing: in
     else:  # waistband joins the legs to the torso
         band(0.47, 0.52, person.bottom)
     if person.bag == "shoulder":
-        cv.limb((0.06, 0.80 + bob), (-0.08, 0.52 + bob), 0.018, _shade(person.bag_colour, 0.7))
+        cv.limb((0.06, 0.80 + bob), (-0.08, 0.52 + bob), 0.018, shade_rgb(person.bag_colour, 0.7))
         cv.poly([(-0.16, 0.44 + bob), (-0.04, 0.44 + bob), (-0.04, 0.55 + bob), (-0.16, 0.55 + bob)],
                 person.bag_colour)
     elif person.bag == "backpack":
-        cv.limb((0.02, 0.80 + bob), (0.05, 0.62 + bob), 0.018, _shade(person.bag_colour, 0.7))
+        cv.limb((0.02, 0.80 + bob), (0.05, 0.62 + bob), 0.018, shade_rgb(person.bag_colour, 0.7))
     # neck, head, hair
     cv.poly([(-0.025, 0.80 + bob), (0.025, 0.80 + bob), (0.025, 0.86 + bob), (-0.025, 0.86 + bob)], person.skin)
     head = (0.012, 0.915 + bob)

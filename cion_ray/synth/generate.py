@@ -100,6 +100,20 @@ def render_video(cfg: SynthConfig, index: int, out: Path) -> dict:
     }
 
 
+# keys added after worlds were first written, with their defaults: world.json leaves them out at
+# these values, so that a world written before they existed is still the same world (and file)
+LATER_KEYS = {"style": "default", "cast": 1.0}
+
+
+def recorded_config(cfg: SynthConfig) -> dict:
+    """`cfg` as world.json records it."""
+    out = to_dict(cfg)
+    for key, default in LATER_KEYS.items():
+        if out[key] == default:
+            del out[key]
+    return out
+
+
 def _existing(out: Path, cfg: SynthConfig, log: Callable[[str], None]) -> dict | None:
     meta = out / "world.json"
     if not meta.is_file():
@@ -110,7 +124,7 @@ def _existing(out: Path, cfg: SynthConfig, log: Callable[[str], None]) -> dict |
         return None
     if world.get("format") != FORMAT:
         return None
-    if world.get("config") != json.loads(json.dumps(to_dict(cfg))):
+    if world.get("config") != json.loads(json.dumps(recorded_config(cfg))):
         raise CionError(f"{out} already holds a synthetic world with a different configuration; "
                         "use --force to overwrite it or choose another --out")
     if world.get("encoder") != encoder_id():
@@ -175,7 +189,7 @@ def generate_world(cfg: SynthConfig, out: str | Path, workers: int = 0, force: b
                    tracks=len(id_rows), identities=len({r["identity"] for r in id_rows}), reid=reid)
     atomic_write_json(out / "world.json", {
         "format": FORMAT,
-        "config": to_dict(cfg),
+        "config": recorded_config(cfg),
         "encoder": encoder_id(),
         "summary": summary,
         "cameras": [c.to_json() for c in plan.cameras],

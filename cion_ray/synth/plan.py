@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from cion_ray.synth.alt_appearance import sample_alt_identities
 from cion_ray.synth.appearance import Identity, sample_identities
 from cion_ray.synth.camera import (Camera, Conditions, person_height_px, sample_camera,
                                    sample_conditions)
@@ -19,6 +20,7 @@ from cion_ray.synth.config import SynthConfig
 
 STRIDE = 0.8  # body heights per walking cycle (two steps)
 SPEED = 0.032  # body heights per frame at speed factor 1 and 25 fps
+PEOPLE = {"default": sample_identities, "alt": sample_alt_identities}  # who walks in a world of each style
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ def make_plan(cfg: SynthConfig) -> WorldPlan:
     rng = np.random.default_rng(plan_ss)
     cameras = [sample_camera(rng, c + 1) for c in range(cfg.cameras)]
     n_ho = cfg.reid.train_identities + cfg.reid.test_identities
-    all_people = sample_identities(rng, cfg.identities + n_ho, first_id=1)
+    all_people = PEOPLE[cfg.style](rng, cfg.identities + n_ho, first_id=1)
     people = {p.id: p for p in all_people}
     video_ids = [p.id for p in all_people[:cfg.identities]]
     reid_train = [p.id for p in all_people[cfg.identities:cfg.identities + cfg.reid.train_identities]]
@@ -167,7 +169,7 @@ def make_plan(cfg: SynthConfig) -> WorldPlan:
     for v in range(cfg.videos):
         cam = cameras[cam_of[v]]
         sessions[cam.id] = sessions.get(cam.id, 0) + 1
-        cond = sample_conditions(rng)
+        cond = sample_conditions(rng, cfg.style, cfg.cast)
         raw = []
         for pid in per_video[v]:
             person = people[pid]

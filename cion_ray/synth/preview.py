@@ -22,4 +22,6 @@ def write_preview(path: str | Path, results: list[dict], cfg: SynthConfig, rows:
         sheet_rows.append((f"id {pid:04d}\n{n_videos} videos", cells))
     title = (f"synthetic world: seed {cfg.seed}, {cfg.videos} videos, {cfg.identities} identities "
              f"- each row is one person across videos")
+    if cfg.style != "default":
+        title = title.replace("synthetic world:", f"synthetic world ({cfg.style} style):")
     save_png(path, contact_sheet(sheet_rows, title=title, max_cols=cols))

@@ -63,7 +63,7 @@ def render_reid_split(plan: WorldPlan, out_dir: str | Path) -> dict[str, dict[st
                         v = vids[int(rng.integers(len(vids)))]
                         cond, session = v.conditions, v.session
                     else:
-                        cond, session = sample_conditions(rng), 1
+                        cond, session = sample_conditions(rng, cfg.style, cfg.cast), 1
                     hz = cam.horizon * H
                     y = float(rng.uniform(hz + 0.45 * (H - hz), H - 2))
                     x = float(rng.uniform(0.25 * W, 0.75 * W))

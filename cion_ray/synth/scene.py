@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cion_ray.synth.alt_appearance import AltIdentity
+from cion_ray.synth.alt_figure import render_alt_person
 from cion_ray.synth.appearance import Identity
 from cion_ray.synth.camera import finish_frame, person_height_px, pole_box, render_background
-from cion_ray.synth.figure import render_person
+from cion_ray.synth.figure import PersonPatch, render_person
 from cion_ray.synth.plan import STRIDE, VideoPlan
 
 POLE_COLOUR = (70, 72, 78)
@@ -40,6 +42,12 @@ class Frame:
     boxes: list[GtBox]
 
 
+def draw_person(person: Identity, body_height: float, phase: float, facing: int) -> PersonPatch:
+    """The figure of `person` in its own style (`figure` or `alt_figure`)."""
+    draw = render_alt_person if isinstance(person, AltIdentity) else render_person
+    return draw(person, body_height, phase, facing)
+
+
 def compose(background: np.ndarray, pole: tuple[int, int, int, int] | None,
             items: list[tuple[float, float, float, int, int, Identity, float]]
             ) -> tuple[np.ndarray, np.ndarray, list[GtBox]]:
@@ -54,7 +62,7 @@ def compose(background: np.ndarray, pole: tuple[int, int, int, int] | None,
     amodal: dict[int, tuple[int, int, int, int, int]] = {}
     ident: dict[int, int] = {}
     for y, x, bh, facing, tid, person, phase in items:
-        patch = render_person(person, bh, phase, facing)
+        patch = draw_person(person, bh, phase, facing)
         ph, pw = patch.alpha.shape
         ox = int(round(x - patch.foot[0]))
         oy = int(round(y - patch.foot[1]))
