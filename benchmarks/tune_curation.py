@@ -22,35 +22,17 @@ from common import append_results  # noqa: E402
 
 from cion_ray.curation.config import DenoiseConfig, LinkConfig  # noqa: E402
 from cion_ray.curation.core import VideoCrops, curate_local  # noqa: E402
-from cion_ray.curation.gt import crop_identities, gt_layout, load_gt  # noqa: E402
 from cion_ray.denoise.tracklet import normalize  # noqa: E402
-from cion_ray.embed.handcrafted import HandcraftedEmbedder  # noqa: E402
 from cion_ray.evaluate.clustering import pairwise_prf  # noqa: E402
-from cion_ray.synth import SynthConfig, generate_world  # noqa: E402
-from cion_ray.tracking.config import DetectorConfig, TrackConfig  # noqa: E402
-from cion_ray.tracking.local import track_local  # noqa: E402
-from cion_ray.tracking.manifest import list_videos, probe_entry  # noqa: E402
+from cion_ray.curation.local import embedded_world  # noqa: E402
+from cion_ray.synth import SynthConfig  # noqa: E402
 
 GRID = {"radius": [0.15, 0.2, 0.25], "merge": [0.06, 0.1], "threshold": [0.06, 0.08, 0.1, 0.12],
         "drift": [0.05, 0.08, 0.12], "k": [2, 3]}
 
 
 def prepare(seed: int, root: Path) -> tuple[list[VideoCrops], np.ndarray]:
-    world = root / f"world-{seed}"
-    generate_world(SynthConfig(seed=seed), world)
-    cfg = TrackConfig(detector=DetectorConfig(kind="mot-det", mot=str(world / "mot")))
-    t = track_local(cfg, [probe_entry(u) for u in list_videos(str(world / "videos"))]).table()
-    feats = HandcraftedEmbedder()(t.column("crop").to_pylist())
-    vid = np.array(t.column("video_id").to_pylist())
-    _, mapping = gt_layout(str(world))
-    videos, gts = [], []
-    for v in sorted(set(vid)):
-        m = vid == v
-        fr, tr = t.column("frame").to_numpy()[m], t.column("track_id").to_numpy()[m]
-        boxes = np.stack([t.column(c).to_numpy()[m] for c in ("x1", "y1", "x2", "y2")], axis=1)
-        videos.append(VideoCrops(v, np.array(t.column("crop_id").to_pylist(), object)[m], tr, fr, feats[m]))
-        gts.append(crop_identities(v, fr, boxes, load_gt(str(world), v), mapping))
-    return videos, np.concatenate(gts)
+    return embedded_world(SynthConfig(seed=seed), root / f"world-{seed}")
 
 
 def nearest_same(videos: list[VideoCrops], gt: np.ndarray) -> float:

@@ -104,7 +104,11 @@ def add_curate_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--stride", type=int, help="videos between range starts (S < W)")
     s.add_argument("--k", type=int, help="mutual k-nearest neighbours for a link")
     s.add_argument("--thresholds", metavar="NAME=VALUE,...",
-                   help="cosine-distance thresholds: " + ", ".join(THRESHOLDS) + " (e.g. radius=0.2,link=0.08)")
+                   help="fixed cosine-distance thresholds: " + ", ".join(THRESHOLDS) + " (e.g. radius=0.2,link=0.08); "
+                        "they are used as given (calibration off)")
+    s.add_argument("--no-calibrate", action="store_true",
+                   help="use the configured thresholds as given instead of scaling them to the data's own "
+                        "same- and different-person distances")
     s.add_argument("--min-len", type=int, help="samples a tracklet keeps at least (L1)")
     s.add_argument("--min-images", type=int, help="images an identity needs to be kept (L3)")
     s.add_argument("--actors", type=int, help="embedding actors")
@@ -123,7 +127,8 @@ def curate_config_from_args(args: argparse.Namespace):
               "embed.weights": args.weights, "embed.dtype": args.dtype, "link.window": args.window,
               "link.stride": args.stride, "link.k": args.k, "denoise.min_len": args.min_len,
               "link.min_images": args.min_images, "pool.actors": args.actors,
-              "pool.gpus_per_actor": args.gpus_per_actor, "export_market": False if args.no_export else None}
+              "pool.gpus_per_actor": args.gpus_per_actor, "export_market": False if args.no_export else None,
+              "calibrate.enabled": False if args.no_calibrate or args.thresholds else None}
     if args.weights and not args.embedder:
         raise ConfigError("--weights needs --embedder timm:NAME")
     for item in (args.thresholds or "").split(","):

@@ -1,8 +1,9 @@
 """Configuration of the curation stage. Thresholds are cosine distances (d = 1 - cos) between
 L2-normalised embeddings; the defaults were chosen by a grid search on synthetic worlds of two
 seeds with the hand-crafted embedder, maximising the worse of the two final pairwise F1 scores
-(benchmarks/tune_curation.py; results in benchmarks/RESULTS.md). Another embedder has another
-distance scale: tune them again for it."""
+(benchmarks/tune_curation.py; results in benchmarks/RESULTS.md). Another embedder, or other
+footage, has another distance scale: by default (`calibrate`) each run scales them to its own
+data's distances (cion_ray.curation.calibrate)."""
 from __future__ import annotations
 
 import hashlib
@@ -86,6 +87,31 @@ class LinkConfig:
 
 
 @dataclass
+class CalibrateConfig:
+    """Thresholds set from each run's own data (cion_ray.curation.calibrate): the configured
+    thresholds follow the data's distance scale (the median distance of a sample to its own
+    tracklet's centroid, against `reference_spread`), capped where the different-person distances
+    (tracklets that share a frame) begin. Off: the thresholds of `denoise` and `link` as given."""
+
+    enabled: bool = True  # scale the thresholds to the data's own distances (false: use them as given)
+    reference_spread: float = 0.13  # the median sample-to-tracklet distance the thresholds were tuned at
+    false_link: float = 0.01  # link threshold and drift stay under this quantile of different-person centroid distances
+    merge_quantile: float = 0.005  # L2 merge stays under this quantile of the different-person centroid distances
+    sample_quantile: float = 0.02  # L1 radius stays under this quantile of samples' distances to another person
+    min_pairs: int = 30  # fewer pairs of any kind than this: the thresholds as given, with a note in the report
+    max_per_video: int = 2000  # distances of each kind kept per video (a seeded sample)
+
+    def __post_init__(self):
+        for name in ("false_link", "merge_quantile", "sample_quantile"):
+            v = getattr(self, name)
+            require(0 < v < 1, f"calibrate.{name}", "in (0, 1) (a quantile)", v)
+        require(0 < self.reference_spread <= 2, "calibrate.reference_spread", "in (0, 2] (a cosine distance)",
+                self.reference_spread)
+        require(self.min_pairs >= 1, "calibrate.min_pairs", ">= 1", self.min_pairs)
+        require(self.max_per_video >= 10, "calibrate.max_per_video", ">= 10", self.max_per_video)
+
+
+@dataclass
 class PoolConfig:
     """The embedding actor pool: `actors` actors with these resources each."""
 
@@ -126,6 +152,7 @@ class CurateConfig:
     embed: EmbedConfig = field(default_factory=EmbedConfig)  # how crops become embeddings
     denoise: DenoiseConfig = field(default_factory=DenoiseConfig)  # L1 and L2: within a tracklet and a video
     link: LinkConfig = field(default_factory=LinkConfig)  # L3: across videos, in sliding ranges
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)  # thresholds from the data's own distances
     pool: PoolConfig = field(default_factory=PoolConfig)  # the embedding actor pool
     export_market: bool = True  # also write the CION-AL images and a Market-1501 folder
 
@@ -144,5 +171,6 @@ class CurateConfig:
 
     def fingerprint(self) -> str:
         d = {"embed": self.embed_fingerprint(), "denoise": asdict(self.denoise),
-             "link": {k: v for k, v in asdict(self.link).items() if k != "use_gpu"}}
+             "link": {k: v for k, v in asdict(self.link).items() if k != "use_gpu"},
+             "calibrate": asdict(self.calibrate)}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -3,7 +3,8 @@
 Levels: the tracker's tracklets, after L1, after L2, after L3. Quality is measured over the
 samples each level keeps (pairwise precision / recall / F1 and NMI against the ground-truth
 identity of each crop; see `cion_ray.curation.gt`), so it says how clean the kept data is;
-`samples` says how much is kept.
+`samples` says how much is kept. Each level is also measured over the common sample set, the
+samples every level keeps (`common`), so that levels are compared on the same samples.
 """
 from __future__ import annotations
 
@@ -42,26 +43,40 @@ def build_report(videos: list[dict], final: list[np.ndarray], link: dict) -> dic
     levels = {}
     has_gt = bool(videos) and all(len(v["gt"]) == len(v["l2"]) for v in videos) and len(labels["tracker"]) > 0
     gt = np.concatenate([v["gt"] for v in videos]) if has_gt else None
+    common = np.logical_and.reduce([labels[name] != "" for name in LEVELS])
     for name in LEVELS:
         lab = labels[name]
         keep = lab != ""
         row = {"samples": int(keep.sum()), "identities": int(len(np.unique(lab[keep])))}
         if has_gt and keep.any():
-            row.update({k: v for k, v in assignment_quality(gt[keep], lab[keep]).items()
-                        if k in ("precision", "recall", "f1", "nmi")})
+            row.update(_quality(gt[keep], lab[keep]))
+        if has_gt and common.any():
+            row["common"] = _quality(gt[common], lab[common])
         levels[name] = row
-    return {"videos": len(videos), "counts": counts, "levels": levels, "ground_truth": has_gt}
+    return {"videos": len(videos), "counts": counts, "levels": levels, "ground_truth": has_gt,
+            "common_samples": int(common.sum())}
+
+
+def _quality(gt: np.ndarray, lab: np.ndarray) -> dict:
+    return {k: v for k, v in assignment_quality(gt, lab).items() if k in ("precision", "recall", "f1", "nmi")}
 
 
 def report_text(r: dict) -> str:
     c = r["counts"]
-    lines = [f"curation of {r['videos']} videos",
-             "",
-             f"{'level':<9}{'samples':>9}{'identities':>12}" + (f"{'P':>8}{'R':>8}{'F1':>8}{'NMI':>8}"
-                                                                 if r["ground_truth"] else "")]
+    common = r.get("common_samples") if r["ground_truth"] else None
+    quality = f"{'P':>8}{'R':>8}{'F1':>8}{'NMI':>8}" if r["ground_truth"] else ""
+    lines = [f"curation of {r['videos']} videos", ""]
+    if common:
+        lines.append(f"{'':<30}{'over the samples each level keeps':>32}    {'over the ' + str(common) + ' samples all keep':>28}")
+    lines.append(f"{'level':<9}{'samples':>9}{'identities':>12}{quality}" + (f"    {quality}" if common else ""))
+
+    def cells(q: dict) -> str:
+        return f"{q['precision']:>8.3f}{q['recall']:>8.3f}{q['f1']:>8.3f}{q['nmi']:>8.3f}"
+
     for name, row in r["levels"].items():
-        q = (f"{row['precision']:>8.3f}{row['recall']:>8.3f}{row['f1']:>8.3f}{row['nmi']:>8.3f}"
-             if r["ground_truth"] and "f1" in row else "")
+        q = cells(row) if r["ground_truth"] and "f1" in row else ""
+        if common and "common" in row:
+            q = f"{q:<32}    {cells(row['common'])}"
         lines.append(f"{name:<9}{row['samples']:>9d}{row['identities']:>12d}{q}")
     lines += ["",
               f"tracklets in {c['tracklets_in']}, samples in {c['samples_in']}"
@@ -73,6 +88,26 @@ def report_text(r: dict) -> str:
               f"{c.get('components_split', 0)} components split, {c.get('unions_refused', 0)} unions refused, "
               f"{c.get('identities_dropped_small', 0)} identities under the minimum size dropped",
               f"out: {c['identities_out']} identities, {c['samples_out']} samples"]
+    cal = r.get("calibration")
+    if cal:
+        lines += ["", calibration_text(cal)]
     if r.get("notes"):
         lines += [""] + [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def calibration_text(cal: dict) -> str:
+    """The thresholds a run used, and where they came from (calibrate.Calibration.to_json())."""
+    t, f = cal["thresholds"], cal["fixed"]
+    vals = ", ".join(f"{k} {t[k]:.3f}" + (f" (configured {f[k]:.3f})" if abs(t[k] - f[k]) > 1e-9 else "")
+                     for k in t)
+    counts = cal.get("counts", {})
+    pairs = (f"from {counts.get('same_sample', 0)} same-person and {counts.get('diff_sample', 0)} different-person "
+             f"sample distances, {counts.get('same_centroid', 0)} and {counts.get('diff_centroid', 0)} centroid "
+             "distances (calibration.png)")
+    if not cal["applied"]:
+        return f"thresholds: {vals}\n  {cal['reason']}; {pairs}"
+    s = cal["stats"]
+    capped = f"; capped by the different-person distances: {', '.join(cal['capped'])}" if cal.get("capped") else ""
+    return (f"thresholds calibrated: {vals}\n  same-person spread {s['spread']:.3f} = {s['scale']:.2f} x the "
+            f"reference{capped}; {pairs}")

@@ -35,3 +35,22 @@ def load_levels(uri: str) -> dict:
         d = {k: z[k] for k in z.files}
     d["stats"] = json.loads(str(d["stats"]))
     return d
+
+
+def distances_uri(out: str, video_id: str, key: str) -> str:
+    """Where a video's calibration distances are cached (named by the content key of its
+    embeddings and the sampling settings)."""
+    return fs.join(out, "calibration", f"{video_id}-{key}.npz")
+
+
+def save_distances(uri: str, d) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **d.to_npz())
+    fs.write_bytes_atomic(uri, buf.getvalue())
+
+
+def load_distances(uri: str):
+    from cion_ray.curation.calibrate import Distances
+
+    with np.load(io.BytesIO(fs.read_bytes(uri)), allow_pickle=False) as z:
+        return Distances.from_npz(z)

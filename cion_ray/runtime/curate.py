@@ -33,13 +33,15 @@ from ray.data.expressions import col
 
 from cion_ray.config import from_dict
 from cion_ray.curation.config import CurateConfig
-from cion_ray.curation.core import (IdentityTable, VideoCrops, VideoLevels, check_unique, denoise_video_levels,
-                                    range_relations, reduce_identities)
+from cion_ray.curation.core import (IdentityTable, VideoCrops, VideoLevels, check_unique, clean_features,
+                                    denoise_video_levels, range_relations, reduce_identities)
 from cion_ray.curation.export import cion_al_path, market_path
 from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
 from cion_ray.linking.ranges import range_key, sliding_ranges
-from cion_ray.curation.report import build_report, report_text
-from cion_ray.curation.store import load_levels, save_levels, video_uri
+from cion_ray.curation.report import build_report, calibration_text, report_text
+from cion_ray.curation.calibrate import Calibration, Distances, calibrate, pool, video_distances
+from cion_ray.curation.store import (distances_uri, load_distances, load_levels, save_distances, save_levels,
+                                     video_uri)
 from cion_ray.embed.timm_embedder import build_embedder
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs, stage
@@ -47,6 +49,7 @@ from cion_ray.io.crops import read_crop_images
 from cion_ray.io.schemas import IDENTITIES, embeddings_schema
 from cion_ray.progress import Progress
 from cion_ray.runtime.session import PolledProgress, cluster_cpus, cluster_gpus, ensure_ray, fit_actor_cpus
+from cion_ray.viz.calibration import calibration_png
 from cion_ray.viz.sheet import contact_sheet, save_png
 
 STAGE = "curate"
@@ -54,6 +57,7 @@ EMBED_STAGE = "embed"
 # L1/L2's algorithm: /2 takes L2's cannot-link from every crop before L1. Results cached by an
 # earlier version are another computation, so they are never served.
 LEVELS_VERSION = "levels/2"
+DISTANCES_VERSION = "distances/1"
 CROP_META = ["crop_id", "video_id", "track_id", "frame", "x1", "y1", "x2", "y2"]
 
 
@@ -139,6 +143,20 @@ def _denoise_video(t: pa.Table, cfg: dict, out: str, gt_root: str, keys: dict[st
     frames = v.frame[np.isin(v.crop_id, lv.crop_id)]
     save_levels(video_uri(out, v.video_id, keys[v.video_id]), lv, frames, gt)
     return pa.table({"video_id": [v.video_id], "stats": [json.dumps(lv.stats)], "error": [""]})
+
+
+def distances_one_video(t: pa.Table, min_len: int, max_per_video: int, out: str, keys: dict[str, str],
+                        counter=None) -> pa.Table:
+    """map_groups body: one video's embeddings -> its calibration distances file (named by
+    keys[video]); returns one row (video_id)."""
+    try:
+        v, _ = clean_features(_video_crops(t))
+        d = video_distances(v.feats, v.track_id, v.frame, min_len, max_per_video)
+        save_distances(distances_uri(out, v.video_id, keys[v.video_id]), d)
+        return pa.table({"video_id": [v.video_id]})
+    finally:
+        if counter is not None:
+            counter.add.remote(1)
 
 
 def _ranges_task(centroids: np.ndarray, video_pos: np.ndarray, spans: list[tuple[int, int]], link: dict
@@ -348,6 +366,41 @@ def _denoise(cfg: CurateConfig, keys: Keys, videos: list[str], log) -> tuple[lis
     return todo, stats
 
 
+def distance_keys(cfg: CurateConfig, keys: Keys, videos: list[str]) -> dict[str, str]:
+    return {v: stage.content_key(DISTANCES_VERSION, keys.embed[v], cfg.denoise.min_len, cfg.calibrate.max_per_video)
+            for v in videos}
+
+
+def _calibrate(cfg: CurateConfig, keys: Keys, videos: list[str], log) -> tuple[Calibration, Distances]:
+    """The same- and different-person distances of every video (computed for those without a
+    cached file at their key), pooled, and the thresholds they give (cion_ray.curation.calibrate)."""
+    dkeys = distance_keys(cfg, keys, videos)
+    root = fs.join(cfg.out, "calibration")
+    have = ({f.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1] for f in fs.list_files(root, (".npz",))}
+            if fs.exists(root) else set())
+    todo = [v for v in videos if f"{v}-{dkeys[v]}.npz" not in have]
+    done: set[str] = set()
+    if todo:
+        ds = _embedding_dataset(cfg, todo)
+        if ds is not None:
+            log(f"measuring same- and different-person distances in {len(todo)} videos (calibration)")
+            with PolledProgress(Progress("curate/calibrate", len(todo), "videos", label="calibration",
+                                         log=log)) as pp:
+                rows = ds.groupby("video_id", num_partitions=max(1, min(len(todo), 64))).map_groups(
+                    distances_one_video, batch_format="pyarrow",
+                    fn_args=(cfg.denoise.min_len, cfg.calibrate.max_per_video, cfg.out,
+                             {v: dkeys[v] for v in todo}, pp.counter)).take_all()
+            done = {r["video_id"] for r in rows}
+        for v in todo:  # videos whose tracking found nobody
+            if v not in done:
+                save_distances(distances_uri(cfg.out, v, dkeys[v]), Distances())
+    with ThreadPoolExecutor(max_workers=16) as ex:
+        d = pool(list(ex.map(lambda v: load_distances(distances_uri(cfg.out, v, dkeys[v])), videos)))
+    cal = calibrate(d, cfg.calibrate, cfg.denoise, cfg.link)
+    log(calibration_text(cal.to_json()))
+    return cal, d
+
+
 def _load_all(out: str, keys: Keys, videos: list[str]) -> list[dict]:
     def one(v):
         d = load_levels(video_uri(out, v, keys.levels[v]))
@@ -507,7 +560,7 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
     m = runs.load_manifest(cfg.out, STAGE)
     previous = _previous(cfg.out, m)
     if overwrite:  # caches of other settings go; the committed output stays until the new one is published
-        for sub in ("embeddings", "videos", "relations"):
+        for sub in ("embeddings", "videos", "relations", "calibration"):
             fs.remove_tree(fs.join(cfg.out, sub))
         m = None
     if m is not None:
@@ -532,6 +585,10 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
 
     crop_counts = {v: crops_m["units"][v].get("crops") for v in videos}
     embedded = _embed(cfg, keys, videos, use_gpu, log, crop_counts)
+    cal, distances = _calibrate(cfg, keys, videos, log)
+    denoise, link = cal.apply(cfg.denoise, cfg.link)
+    cfg = replace(cfg, denoise=denoise, link=link)  # the thresholds this run uses
+    keys = content_keys(cfg, crops_m, videos)
     denoised, stats = _denoise(cfg, keys, videos, log)
     levels = _load_all(cfg.out, keys, videos)
     table = _table(levels)
@@ -555,12 +612,14 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
                    "components_split": rstats.components_split, "unions_refused": rstats.unions_refused,
                    "identities_dropped_small": small}
     report = build_report(levels, final, link_counts)
+    report["calibration"] = cal.to_json()
     report["notes"] = notes
 
     run_id = runs.new_run_id()
     try:
         published = _write_outputs(cfg, run_id, keys, table, levels, final, identity_of, report,
-                                   _total(crop_counts, list(crops_m["units"])), log)
+                                   _total(crop_counts, list(crops_m["units"])), log,
+                                   calibration_png(distances, cal, title=f"curation of {len(videos)} videos"))
     except BaseException:
         # nothing of this run was published: its files go, the committed output stays as it was
         fs.remove_tree(fs.join(cfg.out, "identities", f"run-{run_id}"))
@@ -587,7 +646,7 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
 
 def _write_outputs(cfg: CurateConfig, run_id: str, keys: Keys, table: IdentityTable, levels: list[dict],
                    final: list[np.ndarray], identity_of: np.ndarray, report: dict, crops_total: int | None = None,
-                   log: Callable[[str], None] = _log) -> dict:
+                   log: Callable[[str], None] = _log, calibration: bytes | None = None) -> dict:
     """This run's identities Parquet, exports, report and contact sheet, all beside the committed
     ones (identities/run-<id>/, exports/<id>/). -> {"files", "records", "exports"} to publish."""
     offsets = {v: int(table.offsets[i]) for i, v in enumerate(table.video_ids)}
@@ -629,6 +688,8 @@ def _write_outputs(cfg: CurateConfig, run_id: str, keys: Keys, table: IdentityTa
         fs.write_json(fs.join(export_root, "cion_al.json"), entries)
     fs.write_json(fs.join(export_root, "report.json"), report)
     fs.write_bytes_atomic(fs.join(export_root, "report.txt"), report_text(report).encode())
+    if calibration:
+        fs.write_bytes_atomic(fs.join(export_root, "calibration.png"), calibration)
     if report["counts"]["samples_out"]:
         _sheet(fs.join(export_root, "sheet.png"), crop_files, levels, final)
     return {"files": [stage.relative(cfg.out, f) for f in files], "records": records, "exports": export_rel}
@@ -639,7 +700,7 @@ def _publish_views(out: str, m: dict) -> None:
     (the JSON's paths lead into exports/<run>/), and locally `out/market` pointing at its Market
     export. Each is one atomic write; any of them can be redone from the manifest."""
     root = fs.join(out, m["exports"])
-    for name in ("report.json", "report.txt", "sheet.png"):
+    for name in ("report.json", "report.txt", "sheet.png", "calibration.png"):
         uri = fs.join(root, name)
         if fs.exists(uri):
             fs.write_bytes_atomic(fs.join(out, name), fs.read_bytes(uri))

@@ -1,0 +1,189 @@
+"""Thresholds calibrated from the data itself.
+
+Curation's thresholds are cosine distances, and every embedder (and every kind of footage) has
+its own distance scale. A run has no ground truth, but the method gives two kinds of pairs for
+free:
+
+  same person       samples of one tracklet: each sample against its tracklet's centroid
+                    (sample level), and the centroids of a tracklet's two halves in time
+                    (centroid level);
+  different people  tracklets present in the same frame (the cannot-link pairs): each sample
+                    against the other tracklet's centroid (sample level), and the two centroids
+                    (centroid level).
+
+`video_distances` collects them per video (a bounded, seeded sample); `calibrate` turns the
+corpus' distributions into thresholds. The thresholds as configured were tuned on worlds whose
+typical same-person distance (the median distance of a sample to its tracklet's centroid) was
+`reference_spread`; a run's data has its own, `spread`. Every threshold is scaled by
+spread / reference_spread (an embedder, or footage, with twice the distances gets twice the
+thresholds), then capped where the different-person distances begin:
+
+  radius           <= the `sample_quantile` of samples' distances to another person's centroid;
+  merge            <= the `merge_quantile` of different-person centroid distances;
+  threshold, drift <= the `false_link` quantile of the same distribution;
+  margin           scaled only.
+
+A corpus with too few pairs of either kind keeps the thresholds as configured, and the report
+says so.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+
+from cion_ray.curation.config import CalibrateConfig, DenoiseConfig, LinkConfig
+from cion_ray.denoise.tracklet import normalize
+from cion_ray.denoise.video import cannot_link_pairs
+
+KINDS = ("same_sample", "diff_sample", "same_centroid", "diff_centroid")
+
+
+@dataclass
+class Distances:
+    """Distances of the four kinds (float32 arrays), from one video or pooled over many."""
+
+    same_sample: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    diff_sample: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    same_centroid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    diff_centroid: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+    def to_npz(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in KINDS}
+
+    @classmethod
+    def from_npz(cls, d) -> "Distances":
+        return cls(**{k: np.asarray(d[k], np.float32) for k in KINDS})
+
+
+def pool(parts: list[Distances]) -> Distances:
+    return Distances(**{k: np.concatenate([getattr(p, k) for p in parts] or [np.zeros(0, np.float32)])
+                        .astype(np.float32) for k in KINDS})
+
+
+def _subsample(x: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    return x if len(x) <= n else x[np.sort(rng.choice(len(x), n, replace=False))]
+
+
+def video_distances(feats: np.ndarray, tracks: np.ndarray, frames: np.ndarray, min_len: int,
+                    max_per_kind: int = 2000, seed: int = 0) -> Distances:
+    """The same- and different-person distances of one video. feats: (n, D) L2-normalised with
+    finite rows; tracks, frames: (n,). Tracklets shorter than `min_len` take no part (L1 drops
+    them). At most `max_per_kind` distances of each kind, sampled with `seed`."""
+    out = Distances()
+    if len(feats) == 0:
+        return out
+    ids, tr = np.unique(tracks, return_inverse=True)
+    size = np.bincount(tr, minlength=len(ids))
+    sums = np.zeros((len(ids), feats.shape[1]), np.float64)
+    np.add.at(sums, tr, feats)
+    cent = normalize(sums).astype(np.float32)
+    long_enough = size >= min_len
+    ok = long_enough[tr]
+    same_sample = 1.0 - np.einsum("nd,nd->n", feats[ok], cent[tr[ok]])
+
+    # a tracklet's two halves in time: the noise of a centroid of half its length
+    halves = []
+    order = np.lexsort((frames, tr))
+    cuts = np.flatnonzero(np.diff(tr[order])) + 1
+    for block in np.split(order, cuts):
+        if len(block) >= 2 * min_len:
+            h = len(block) // 2
+            a, b = normalize(feats[block[:h]].sum(0)), normalize(feats[block[h:]].sum(0))
+            halves.append(1.0 - float(a @ b))
+
+    pairs = cannot_link_pairs(tracks, frames)
+    diff_sample, diff_centroid = [], []
+    if len(pairs):
+        pa, pb = np.searchsorted(ids, pairs[:, 0]), np.searchsorted(ids, pairs[:, 1])
+        keep = long_enough[pa] & long_enough[pb]
+        pa, pb = pa[keep], pb[keep]
+        diff_centroid = 1.0 - np.einsum("nd,nd->n", cent[pa], cent[pb])
+        for a, b in zip(pa, pb):  # every sample of each against the other's centroid
+            diff_sample.append(1.0 - feats[tr == a] @ cent[b])
+            diff_sample.append(1.0 - feats[tr == b] @ cent[a])
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    out.same_sample = _subsample(same_sample.astype(f32), max_per_kind, rng)
+    out.same_centroid = _subsample(np.asarray(halves, f32), max_per_kind, rng)
+    out.diff_centroid = _subsample(np.asarray(diff_centroid, f32), max_per_kind, rng)
+    out.diff_sample = _subsample(np.concatenate(diff_sample).astype(f32) if diff_sample else np.zeros(0, f32),
+                                 max_per_kind, rng)
+    return out
+
+
+@dataclass
+class Calibration:
+    """The thresholds chosen, those configured, the statistics they came from, and the pair counts."""
+
+    applied: bool
+    thresholds: dict[str, float]
+    fixed: dict[str, float]
+    counts: dict[str, int]
+    stats: dict[str, float]
+    capped: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def apply(self, denoise: DenoiseConfig, link: LinkConfig) -> tuple[DenoiseConfig, LinkConfig]:
+        if not self.applied:
+            return denoise, link
+        t = self.thresholds
+        return (replace(denoise, radius=t["radius"], merge=t["merge"], margin=t["margin"]),
+                replace(link, threshold=t["threshold"], drift=t["drift"]))
+
+
+def fixed_thresholds(denoise: DenoiseConfig, link: LinkConfig) -> dict[str, float]:
+    return {"radius": denoise.radius, "merge": denoise.merge, "margin": denoise.margin,
+            "threshold": link.threshold, "drift": link.drift}
+
+
+def calibrate(d: Distances, cfg: CalibrateConfig, denoise: DenoiseConfig, link: LinkConfig) -> Calibration:
+    """Thresholds from the pooled distances `d` (see the module's docstring)."""
+    fixed = fixed_thresholds(denoise, link)
+    counts = {k: int(len(getattr(d, k))) for k in KINDS}
+    if not cfg.enabled:
+        return Calibration(False, fixed, fixed, counts, {}, reason="calibration is off: the thresholds as configured")
+    short = [k for k in KINDS if counts[k] < cfg.min_pairs]
+    if short:
+        return Calibration(False, fixed, fixed, counts, {},
+                           reason=f"too few pairs to calibrate ({', '.join(f'{k} {counts[k]}' for k in short)}; "
+                                  f"need {cfg.min_pairs} of each): the thresholds as configured")
+    spread = float(np.median(d.same_sample))
+    stats = {"spread": spread, "scale": spread / cfg.reference_spread,
+             "radius_cap": float(np.quantile(d.diff_sample, cfg.sample_quantile)),
+             "merge_cap": float(np.quantile(d.diff_centroid, cfg.merge_quantile)),
+             "link_cap": float(np.quantile(d.diff_centroid, cfg.false_link))}
+    caps = {"radius": stats["radius_cap"], "merge": stats["merge_cap"], "threshold": stats["link_cap"],
+            "drift": stats["link_cap"], "margin": np.inf}
+    t, capped = {}, []
+    for k, v in fixed.items():
+        scaled = v * stats["scale"]
+        if scaled > caps[k]:
+            capped.append(k)
+        t[k] = float(np.clip(min(scaled, caps[k]), 1e-4, 2.0))
+    return Calibration(True, t, fixed, counts, stats, capped)
+
+
+def corpus_distances(videos, min_len: int, max_per_video: int = 2000) -> Distances:
+    """Pooled distances of several videos (core.VideoCrops; invalid embeddings are left out)."""
+    from cion_ray.curation.core import clean_features
+
+    parts = []
+    for v in videos:
+        v, _ = clean_features(v)
+        parts.append(video_distances(v.feats, v.track_id, v.frame, min_len, max_per_video))
+    return pool(parts)
+
+
+def curate_calibrated(videos, denoise: DenoiseConfig, link: LinkConfig, cfg: CalibrateConfig):
+    """core.curate_local with the thresholds calibrated first: -> (CurationResult, Calibration,
+    Distances). With cfg.enabled False, the thresholds as given."""
+    from cion_ray.curation.core import curate_local
+
+    d = corpus_distances(videos, denoise.min_len, cfg.max_per_video)
+    cal = calibrate(d, cfg, denoise, link)
+    dn, lk = cal.apply(denoise, link)
+    return curate_local(videos, dn, lk), cal, d
