@@ -34,6 +34,22 @@ def test_a_study_with_rounds_runs_in_the_last_round(capsys, tmp_path):
     assert "rounds: 3" in capsys.readouterr().out
 
 
+def test_a_round_row_without_ground_truth_or_evaluation_and_a_studys_last_round(tmp_path):
+    from cion_ray.pipeline.rounds import csv_text, md_text, round_row, write_rounds
+
+    plain = round_row(1, "handcrafted", "o/curated", {"identities": 5, "images": 40, "levels": {"L3": {}}}, None)
+    study = round_row(2, "cion:o/pretrain/abc", "o/curated-r2", {"identities": 6, "images": 50},
+                      {"per_fraction": [{"fraction": 1.0, "mAP": 0.5, "rank1": 0.6, "mINP": 0.1},
+                                        {"fraction": 0.5, "mAP": 0.3, "rank1": 0.4, "mINP": 0.05}]})
+    assert plain["L3_f1"] is None and plain["mAP"] is None and plain["fraction"] is None
+    assert (study["mAP"], study["fraction"]) == (0.5, 1.0)  # the run on all the data stands for the round
+    md = md_text([plain, study])
+    assert "| 2 | cion:abc | 6 | 50 | - | - | - | - | - | 0.500 | 0.600 |" in md
+    assert csv_text([plain, study]).splitlines()[1].startswith("1,handcrafted,o/curated,5,40,,")
+    files = write_rounds(str(tmp_path), [plain, study], "t")
+    assert Path(files["rounds.png"]).read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.fixture(scope="module")
 def two_rounds(ray_session, tiny_world, tmp_path_factory):
     from cion_ray.pipeline.run import run_pipeline
@@ -117,7 +133,7 @@ def test_round_one_trained_again_is_another_embedder_for_round_two(two_rounds, t
     lines: list[str] = []
     r = run_pipeline(cfg, log=lines.append)
     assert [s.state for s in r.stages[:4]] == ["skipped"] * 4 and r.stages[4].state == "done"
-    assert any("curated with an earlier backbone of round 1" in m for m in lines), lines
+    assert any("curated with another backbone of round 1" in m for m in lines), lines
     after = runs.load_manifest(str(emb), EMBED_STAGE)
     assert after["fingerprint"] != before["fingerprint"]
     assert {u["run"] for u in after["units"].values()}.isdisjoint({u["run"] for u in before["units"].values()})

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
         main = s.outputs.get("result") or s.outputs.get("backbone.pth") or s.outputs.get("curated") \
             or s.outputs.get("crops") or ""
         name, w = (s.name, 9) if cfg.rounds == 1 else (f"r{s.round} {s.name}", 12)  # rounds: the stage's round
-        print(f"  {name:<{w}}{s.state:<8}{s.summary}" + (f"\n  {'':<{w + 8}}{main}" if main and s.name != "track" else ""))
+        where = f"\n  {'':<{w + 8}}{main}" if main and s.name != "track" else ""
+        print(f"  {name:<{w}}{s.state:<8}{s.summary}" + where)
     if r.study:
         print(f"  study:   {r.study['files']['study.md']}  plot: {r.study['files']['study.png']}")
     if r.rounds:

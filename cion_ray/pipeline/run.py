@@ -332,8 +332,8 @@ def _curate(ctx: _Ctx, done: list[StageResult], _fraction) -> StageResult:
     ccfg = ctx.configs["curate"]
     overwrite = "curate" in ctx.overwrite
     if not overwrite and ctx.round > 1 and _made_with_another_embedder(ccfg):
-        ctx.log(f"   {ccfg.out} was curated with an earlier backbone of round {ctx.round - 1}: curating again "
-                f"with {ccfg.embed.embedder}")
+        ctx.log(f"   {ccfg.out} was curated with another backbone of round {ctx.round - 1} (trained again, or with "
+                f"other settings): curating again with {ccfg.embed.embedder}")
         overwrite = True
     r = run_curate(ccfg, overwrite=overwrite, address=ctx.address, log=ctx.log)
     outputs = {"curated": ccfg.out, "report": f"{ccfg.out}/report.txt"}
@@ -469,7 +469,10 @@ def _round_run(results: list[StageResult], rnd: int) -> str:
 def _round_summary(ctx: _Ctx, rnd: int, done: list[StageResult]) -> dict:
     by = {r.name: r for r in done}
     cur, pre, ev = by["curate"], by.get("pretrain"), by.get("evaluate")
-    run = pre.outputs.get("run", "") if pre else ""
+    run = ""
+    if pre is not None:  # a study's round: its run on the most data
+        backbone = max(pre.outputs.items(), key=lambda kv: float(kv[0]))[1] if pre.metrics.get("runs") else ""
+        run = pre.outputs.get("run") or backbone.rsplit("/export/", 1)[0]
     return round_row(rnd, cur.metrics.get("embedder", ""), cur.outputs.get("curated", curated_out(ctx.out, rnd)),
                      cur.metrics, ev.metrics if ev else None, run)
 
