@@ -64,9 +64,9 @@ def test_thresholds_follow_the_distance_scale():
     two = calibrate(_distances(2.0), cfg, dn, lk)
     assert one.applied and two.applied and not one.capped
     for k in one.thresholds:
-        assert two.thresholds[k] == pytest.approx(2 * one.thresholds[k], rel=1e-5)
+        assert two.thresholds[k] == pytest.approx(2 * one.thresholds[k], abs=2e-3)
     # at the reference spread the configured thresholds come back
-    assert one.thresholds["threshold"] == pytest.approx(lk.threshold * one.stats["scale"], rel=1e-6)
+    assert one.thresholds["threshold"] == pytest.approx(lk.threshold * one.stats["scale"], abs=5e-4)
     assert one.stats["scale"] == pytest.approx(np.median(_distances(1.0).same_sample) / cfg.reference_spread)
 
 

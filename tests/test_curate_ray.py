@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cion_ray.curation.config import CurateConfig, EmbedConfig, LinkConfig, PoolConfig
+from cion_ray.curation.config import CalibrateConfig, CurateConfig, EmbedConfig, LinkConfig, PoolConfig
 from cion_ray.errors import CionError
 from cion_ray.io import runs
 from cion_ray.io.market import parse_market_name
@@ -74,6 +75,14 @@ def test_outputs_identities_json_market_and_sheet(curated):
     assert len(market) == r.samples and all(parsed)
     assert len({p.pid for p in parsed}) == r.identities
     assert (out / "sheet.png").stat().st_size > 10_000
+    # the thresholds came from the world's own distances, and the report says which and from what
+    cal = json.loads((out / "report.json").read_text())["calibration"]
+    assert cal["applied"] and cal["counts"]["diff_centroid"] >= 30 and 0.5 < cal["stats"]["scale"] < 2
+    assert r.report["calibration"] == cal
+    text = (out / "report.txt").read_text()
+    assert "thresholds calibrated: radius" in text and "calibration.png" in text
+    assert "samples all keep" in text and "common" in r.report["levels"]["L3"]
+    assert (out / "calibration.png").stat().st_size > 10_000
 
 
 def test_rerun_reuses_every_step(curated, default_world):
@@ -99,22 +108,39 @@ def test_incremental_curation_equals_from_scratch(tiny_world, tmp_path):
     vids = tmp_path / "videos"
     vids.mkdir()
     link = LinkConfig(window=2, stride=1, min_images=4)
+    fixed = CalibrateConfig(enabled=False)  # thresholds that do not move when videos are added
+
+    def curate(out: str, calibrate: CalibrateConfig):
+        return run_curate(CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / out), link=link,
+                                       calibrate=calibrate), **QUIET)
+
     for v in ("v0000", "v0001", "v0002"):
         shutil.copy(tiny_world / "videos" / f"{v}.mp4", vids)
     _track(vids, tiny_world / "mot", tmp_path / "crops")
-    first = run_curate(CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / "inc"), link=link), **QUIET)
+    first = curate("inc", fixed)
+    cal_first = curate("inc-cal", CalibrateConfig())
     shutil.copy(tiny_world / "videos" / "v0003.mp4", vids)  # a new upload
     _track(vids, tiny_world / "mot", tmp_path / "crops")
-    inc = run_curate(CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / "inc"), link=link), **QUIET)
+    inc = curate("inc", fixed)
     assert inc.videos_embedded == ["v0003"] and inc.videos_denoised == ["v0003"]
     assert inc.ranges_reused == first.ranges_computed == 2 and inc.ranges_computed == 1
-    scratch = run_curate(CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / "scratch"), link=link),
-                         **QUIET)
+    scratch = curate("scratch", fixed)
     assert scratch.ranges_computed == 3
     assert _partition(tmp_path / "inc") == _partition(tmp_path / "scratch")
-    a = pq.ParquetDataset(identities_files(str(tmp_path / "inc"))).read().sort_by("crop_id")
-    b = pq.ParquetDataset(identities_files(str(tmp_path / "scratch"))).read().sort_by("crop_id")
-    assert a.equals(b)  # same ids too: identities are numbered canonically
+    assert _identities(tmp_path / "inc").equals(_identities(tmp_path / "scratch"))  # ids too: numbered canonically
+    # calibrated, the new video's distances may move the thresholds (then every video is denoised
+    # again); only the new video is embedded, and the result is the fresh curation's
+    cal_inc = curate("inc-cal", CalibrateConfig())
+    assert cal_inc.videos_embedded == ["v0003"] and "v0003" in cal_inc.videos_denoised
+    if cal_inc.report["calibration"]["thresholds"] == cal_first.report["calibration"]["thresholds"]:
+        assert cal_inc.videos_denoised == ["v0003"]
+    cal_scratch = curate("scratch-cal", CalibrateConfig())
+    assert cal_inc.report["calibration"] == cal_scratch.report["calibration"]
+    assert _identities(tmp_path / "inc-cal").equals(_identities(tmp_path / "scratch-cal"))
+
+
+def _identities(out: Path):
+    return pq.ParquetDataset(identities_files(str(out))).read().sort_by("crop_id")
 
 
 def test_timm_embedder_with_given_weights(tiny_world, tmp_path):

@@ -23,8 +23,12 @@ thresholds), then capped where the different-person distances begin:
   threshold, drift <= the `false_link` quantile of the same distribution;
   margin           scaled only.
 
-A corpus with too few pairs of either kind keeps the thresholds as configured, and the report
-says so.
+Thresholds are rounded to 0.001. A corpus with too few pairs of either kind keeps the thresholds
+as configured, and the report says so.
+
+Adding videos to a curated corpus adds their distances to the pool, so the thresholds may move;
+when they do, every video's L1 / L2 and every range is computed again (the embeddings stay
+cached), and the result still equals curating everything afresh.
 """
 from __future__ import annotations
 
@@ -163,7 +167,9 @@ def calibrate(d: Distances, cfg: CalibrateConfig, denoise: DenoiseConfig, link: 
         scaled = v * stats["scale"]
         if scaled > caps[k]:
             capped.append(k)
-        t[k] = float(np.clip(min(scaled, caps[k]), 1e-4, 2.0))
+        # to 0.001: adding a few videos to a corpus seldom moves a threshold, so the per-video
+        # L1 / L2 results and the ranges cached under it stay valid
+        t[k] = float(np.clip(round(min(scaled, caps[k]), 3), 1e-3, 2.0))
     return Calibration(True, t, fixed, counts, stats, capped)
 
 
