@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cion_ray.curation.calibrate import (Distances, calibrate, corpus_distances, curate_calibrated, pool,
-                                         video_distances)
+from cion_ray.curation.calibrate import (REFERENCE, Distances, calibrate, corpus_distances, curate_calibrated,
+                                         pool, video_distances)
 from cion_ray.curation.config import CalibrateConfig, CurateConfig, DenoiseConfig, LinkConfig
 from cion_ray.curation.core import VideoCrops
 from cion_ray.curation.report import calibration_text
@@ -62,21 +62,31 @@ def test_thresholds_follow_the_distance_scale():
     cfg, dn, lk = CalibrateConfig(), DenoiseConfig(), LinkConfig()
     one = calibrate(_distances(1.0), cfg, dn, lk)
     two = calibrate(_distances(2.0), cfg, dn, lk)
-    assert one.applied and two.applied and not one.capped
+    assert one.applied and two.applied
     for k in one.thresholds:
         assert two.thresholds[k] == pytest.approx(2 * one.thresholds[k], abs=2e-3)
-    # at the reference spread the configured thresholds come back
-    assert one.thresholds["threshold"] == pytest.approx(lk.threshold * one.stats["scale"], abs=5e-4)
-    assert one.stats["scale"] == pytest.approx(np.median(_distances(1.0).same_sample) / cfg.reference_spread)
+    st = one.stats
+    assert st["s"] == pytest.approx(np.median(_distances(1.0).same_sample) / REFERENCE["spread"])
+    # the different-person distances lie well beyond the tuning worlds': the same-person scale rules
+    assert st["ds"] > st["s"] and st["dc"] > st["s"] and not one.bounded
+    assert one.thresholds["threshold"] == pytest.approx(lk.threshold * st["s"], abs=5e-4)
+    assert one.thresholds["radius"] == pytest.approx(dn.radius * st["s"], abs=5e-4)
 
 
-def test_thresholds_are_capped_where_different_people_begin():
+def test_look_alikes_hold_the_linking_thresholds_down_to_the_floor():
+    cfg, dn, lk = CalibrateConfig(), DenoiseConfig(), LinkConfig()
     d = _distances(1.0)
-    d.diff_centroid = np.full(400, 0.05, np.float32)  # look-alikes: different people this close
-    cal = calibrate(d, CalibrateConfig(), DenoiseConfig(), LinkConfig())
-    assert {"merge", "threshold", "drift"} <= set(cal.capped)
-    assert cal.thresholds["threshold"] == pytest.approx(0.05) and cal.thresholds["merge"] == pytest.approx(0.05)
-    assert "capped by the different-person distances" in calibration_text(cal.to_json())
+    d.diff_centroid = np.full(400, 0.5 * REFERENCE["diff_centroid"], np.float32)  # other people closer
+    cal = calibrate(d, cfg, dn, lk)
+    s = cal.stats["s"]
+    assert cal.stats["dc"] == pytest.approx(0.5, rel=1e-5) and {"merge", "threshold", "drift", "margin"} <= set(cal.bounded)
+    # linking is bounded by the look-alikes, but not below link_floor x the same-person scale
+    assert cal.thresholds["threshold"] == pytest.approx(lk.threshold * max(0.5, cfg.link_floor * s), abs=5e-4)
+    assert cal.thresholds["margin"] == pytest.approx(dn.margin * min(s, 0.5), abs=5e-4)
+    assert "radius" not in cal.bounded
+    assert "held down by the different-person distances" in calibration_text(cal.to_json())
+    d.diff_sample = np.full(400, 0.5 * REFERENCE["diff_sample"], np.float32)  # and their samples closer
+    assert calibrate(d, cfg, dn, lk).thresholds["radius"] == pytest.approx(dn.radius * 0.5, abs=5e-4)
 
 
 def test_too_few_pairs_or_calibration_off_keep_the_configured_thresholds():
@@ -93,12 +103,12 @@ def test_too_few_pairs_or_calibration_off_keep_the_configured_thresholds():
 def test_pool_and_bad_settings():
     a, b = _distances(1.0, 10), _distances(1.0, 20)
     assert len(pool([a, b]).same_sample) == 30 and len(pool([]).diff_centroid) == 0
-    with pytest.raises(ConfigError, match="calibrate.false_link"):
-        CalibrateConfig(false_link=1.5)
-    with pytest.raises(ConfigError, match="calibrate.reference_spread"):
-        CalibrateConfig(reference_spread=0)
+    with pytest.raises(ConfigError, match="calibrate.link_floor"):
+        CalibrateConfig(link_floor=1.5)
+    with pytest.raises(ConfigError, match="calibrate.min_pairs"):
+        CalibrateConfig(min_pairs=0)
     # the calibration settings are part of the curation's fingerprint
-    assert CurateConfig().fingerprint() != CurateConfig(calibrate=CalibrateConfig(false_link=0.02)).fingerprint()
+    assert CurateConfig().fingerprint() != CurateConfig(calibrate=CalibrateConfig(link_floor=0.5)).fingerprint()
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +142,7 @@ def test_calibration_beats_a_fixed_threshold_wrong_for_the_embedder(tiny_embedde
     f1_cal, kept = _f1(calibrated, gt)
     _, kept_base = _f1(base, gt)
     total = sum(len(v.crop_id) for v in videos)
-    assert cal.applied and cal.stats["scale"] < 0.4
+    assert cal.applied and cal.stats["s"] < 0.4
     # the fixed radius is far too wide for the squashed distances: L1 cleans nothing, and different
     # people are linked; calibrated, the run cleans and links as it does with the right embedder
     assert kept_fixed > 0.95 * total > kept_base

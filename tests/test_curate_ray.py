@@ -77,7 +77,7 @@ def test_outputs_identities_json_market_and_sheet(curated):
     assert (out / "sheet.png").stat().st_size > 10_000
     # the thresholds came from the world's own distances, and the report says which and from what
     cal = json.loads((out / "report.json").read_text())["calibration"]
-    assert cal["applied"] and cal["counts"]["diff_centroid"] >= 30 and 0.5 < cal["stats"]["scale"] < 2
+    assert cal["applied"] and cal["counts"]["diff_centroid"] >= 30 and 0.5 < cal["stats"]["s"] < 2
     assert r.report["calibration"] == cal
     text = (out / "report.txt").read_text()
     assert "thresholds calibrated: radius" in text and "calibration.png" in text

@@ -12,19 +12,29 @@ free:
                     (centroid level).
 
 `video_distances` collects them per video (a bounded, seeded sample); `calibrate` turns the
-corpus' distributions into thresholds. The thresholds as configured were tuned on worlds whose
-typical same-person distance (the median distance of a sample to its tracklet's centroid) was
-`reference_spread`; a run's data has its own, `spread`. Every threshold is scaled by
-spread / reference_spread (an embedder, or footage, with twice the distances gets twice the
-thresholds), then capped where the different-person distances begin:
+corpus' distributions into thresholds. The configured thresholds were tuned on worlds whose
+distances are in `REFERENCE` (the default world, seeds 0 and 1, hand-crafted descriptor). Three
+scales compare a run's data with them:
 
-  radius           <= the `sample_quantile` of samples' distances to another person's centroid;
-  merge            <= the `merge_quantile` of different-person centroid distances;
-  threshold, drift <= the `false_link` quantile of the same distribution;
-  margin           scaled only.
+  s   same-person spread: the median distance of a sample to its tracklet's centroid;
+  ds  where samples of other people begin: the 2% quantile of samples' distances to another
+      person's centroid;
+  dc  where other people's centroids begin: the 1% quantile of centroid distances.
+
+An embedder (or footage) with twice the distances has all three doubled, and gets twice the
+thresholds. When they disagree, each threshold follows what it guards against:
+
+  radius                 x min(s, ds)   a sample of another person must still be dropped;
+  margin                 x min(s, dc)
+  merge, link threshold,
+  drift                  x max(min(s, dc), link_floor x s)
+                         other people's centroids bound them, but not below a fraction of the
+                         same-person scale (where people look alike, linking nobody costs more
+                         than the false links it saves).
 
 Thresholds are rounded to 0.001. A corpus with too few pairs of either kind keeps the thresholds
-as configured, and the report says so.
+as configured, and the report says so. The rule was chosen on a handful of worlds
+(benchmarks/bench_curation.py has them, and where it still falls short).
 
 Adding videos to a curated corpus adds their distances to the pool, so the thresholds may move;
 when they do, every video's L1 / L2 and every range is computed again (the embeddings stay
@@ -118,14 +128,15 @@ def video_distances(feats: np.ndarray, tracks: np.ndarray, frames: np.ndarray, m
 
 @dataclass
 class Calibration:
-    """The thresholds chosen, those configured, the statistics they came from, and the pair counts."""
+    """The thresholds chosen, those configured, the statistics they came from, the pair counts, and
+    which thresholds were held below the same-person scale by the different-person distances."""
 
     applied: bool
     thresholds: dict[str, float]
     fixed: dict[str, float]
     counts: dict[str, int]
     stats: dict[str, float]
-    capped: list[str] = field(default_factory=list)
+    bounded: list[str] = field(default_factory=list)
     reason: str = ""
 
     def to_json(self) -> dict:
@@ -144,6 +155,24 @@ def fixed_thresholds(denoise: DenoiseConfig, link: LinkConfig) -> dict[str, floa
             "threshold": link.threshold, "drift": link.drift}
 
 
+# the tuning worlds' statistics (default world, seeds 0 and 1, hand-crafted descriptor: the mean of
+# the two; benchmarks/bench_curation.py prints them for any world)
+REFERENCE = {"spread": 0.1305, "diff_sample": 0.254, "diff_centroid": 0.157}
+DIFF_SAMPLE_QUANTILE = 0.02
+DIFF_CENTROID_QUANTILE = 0.01
+
+
+def scales(d: Distances) -> dict[str, float]:
+    """The data's statistics (spread, diff_sample, diff_centroid) and their ratios to REFERENCE
+    (s, ds, dc)."""
+    st = {"spread": float(np.median(d.same_sample)),
+          "diff_sample": float(np.quantile(d.diff_sample, DIFF_SAMPLE_QUANTILE)),
+          "diff_centroid": float(np.quantile(d.diff_centroid, DIFF_CENTROID_QUANTILE))}
+    st.update({"s": st["spread"] / REFERENCE["spread"], "ds": st["diff_sample"] / REFERENCE["diff_sample"],
+               "dc": st["diff_centroid"] / REFERENCE["diff_centroid"]})
+    return st
+
+
 def calibrate(d: Distances, cfg: CalibrateConfig, denoise: DenoiseConfig, link: LinkConfig) -> Calibration:
     """Thresholds from the pooled distances `d` (see the module's docstring)."""
     fixed = fixed_thresholds(denoise, link)
@@ -155,22 +184,16 @@ def calibrate(d: Distances, cfg: CalibrateConfig, denoise: DenoiseConfig, link: 
         return Calibration(False, fixed, fixed, counts, {},
                            reason=f"too few pairs to calibrate ({', '.join(f'{k} {counts[k]}' for k in short)}; "
                                   f"need {cfg.min_pairs} of each): the thresholds as configured")
-    spread = float(np.median(d.same_sample))
-    stats = {"spread": spread, "scale": spread / cfg.reference_spread,
-             "radius_cap": float(np.quantile(d.diff_sample, cfg.sample_quantile)),
-             "merge_cap": float(np.quantile(d.diff_centroid, cfg.merge_quantile)),
-             "link_cap": float(np.quantile(d.diff_centroid, cfg.false_link))}
-    caps = {"radius": stats["radius_cap"], "merge": stats["merge_cap"], "threshold": stats["link_cap"],
-            "drift": stats["link_cap"], "margin": np.inf}
-    t, capped = {}, []
-    for k, v in fixed.items():
-        scaled = v * stats["scale"]
-        if scaled > caps[k]:
-            capped.append(k)
-        # to 0.001: adding a few videos to a corpus seldom moves a threshold, so the per-video
-        # L1 / L2 results and the ranges cached under it stay valid
-        t[k] = float(np.clip(round(min(scaled, caps[k]), 3), 1e-3, 2.0))
-    return Calibration(True, t, fixed, counts, stats, capped)
+    st = scales(d)
+    s, ds, dc = st["s"], st["ds"], st["dc"]
+    link_scale = max(min(s, dc), cfg.link_floor * s)
+    factor = {"radius": min(s, ds), "margin": min(s, dc), "merge": link_scale, "threshold": link_scale,
+              "drift": link_scale}
+    # 0.001 steps: adding a few videos to a corpus seldom moves a threshold, so the per-video
+    # L1 / L2 results and the ranges cached under it stay valid
+    t = {k: float(np.clip(round(v * factor[k], 3), 1e-3, 2.0)) for k, v in fixed.items()}
+    bounded = [k for k in fixed if factor[k] < s - 1e-12]
+    return Calibration(True, t, fixed, counts, st, bounded)
 
 
 def corpus_distances(videos, min_len: int, max_per_video: int = 2000) -> Distances:

@@ -89,24 +89,17 @@ class LinkConfig:
 @dataclass
 class CalibrateConfig:
     """Thresholds set from each run's own data (cion_ray.curation.calibrate): the configured
-    thresholds follow the data's distance scale (the median distance of a sample to its own
-    tracklet's centroid, against `reference_spread`), capped where the different-person distances
-    (tracklets that share a frame) begin. Off: the thresholds of `denoise` and `link` as given."""
+    thresholds are scaled by how the data's same-person distances (within tracklets) and
+    different-person distances (tracklets that share a frame) compare with those of the worlds they
+    were tuned on. Off: the thresholds of `denoise` and `link` as given."""
 
     enabled: bool = True  # scale the thresholds to the data's own distances (false: use them as given)
-    reference_spread: float = 0.13  # the median sample-to-tracklet distance the thresholds were tuned at
-    false_link: float = 0.01  # link threshold and drift stay under this quantile of different-person centroid distances
-    merge_quantile: float = 0.005  # L2 merge stays under this quantile of the different-person centroid distances
-    sample_quantile: float = 0.02  # L1 radius stays under this quantile of samples' distances to another person
+    link_floor: float = 0.75  # merge / link / drift never scale below this fraction of the same-person scale
     min_pairs: int = 30  # fewer pairs of any kind than this: the thresholds as given, with a note in the report
     max_per_video: int = 2000  # distances of each kind kept per video (a seeded sample)
 
     def __post_init__(self):
-        for name in ("false_link", "merge_quantile", "sample_quantile"):
-            v = getattr(self, name)
-            require(0 < v < 1, f"calibrate.{name}", "in (0, 1) (a quantile)", v)
-        require(0 < self.reference_spread <= 2, "calibrate.reference_spread", "in (0, 2] (a cosine distance)",
-                self.reference_spread)
+        require(0 <= self.link_floor <= 1, "calibrate.link_floor", "in [0, 1]", self.link_floor)
         require(self.min_pairs >= 1, "calibrate.min_pairs", ">= 1", self.min_pairs)
         require(self.max_per_video >= 10, "calibrate.max_per_video", ">= 10", self.max_per_video)
 

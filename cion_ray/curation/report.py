@@ -108,6 +108,8 @@ def calibration_text(cal: dict) -> str:
     if not cal["applied"]:
         return f"thresholds: {vals}\n  {cal['reason']}; {pairs}"
     s = cal["stats"]
-    capped = f"; capped by the different-person distances: {', '.join(cal['capped'])}" if cal.get("capped") else ""
-    return (f"thresholds calibrated: {vals}\n  same-person spread {s['spread']:.3f} = {s['scale']:.2f} x the "
-            f"reference{capped}; {pairs}")
+    bounded = (f"; held down by the different-person distances: {', '.join(cal['bounded'])}"
+               if cal.get("bounded") else "")
+    return (f"thresholds calibrated: {vals}\n  against the tuning worlds: same-person spread {s['spread']:.3f} "
+            f"({s['s']:.2f}x), other people's samples from {s['diff_sample']:.3f} ({s['ds']:.2f}x), other "
+            f"people's centroids from {s['diff_centroid']:.3f} ({s['dc']:.2f}x){bounded}; {pairs}")

@@ -32,14 +32,15 @@ def calibration_png(d, cal, title: str = "") -> bytes:
                     label=f"{diff_label}, n={len(diff)}")
         for k in keys:
             ax.axvline(cal.thresholds[k], color=colours[k], lw=1.8,
-                       label=f"{k} {cal.thresholds[k]:.3f}" + (" (capped)" if k in cal.capped else ""))
+                       label=f"{k} {cal.thresholds[k]:.3f}" + (" (held down)" if k in cal.bounded else ""))
             if cal.applied and abs(cal.fixed[k] - cal.thresholds[k]) > 1e-9:
                 ax.axvline(cal.fixed[k], color=colours[k], lw=1.0, ls="--", label=f"{k} configured {cal.fixed[k]:.3f}")
         ax.set(title=name, xlabel="cosine distance", ylabel="density")
         ax.title.set_fontsize(10)
         ax.legend(fontsize=7)
-    how = (f"calibrated: spread {cal.stats['spread']:.3f} = {cal.stats['scale']:.2f} x the reference"
-           if cal.applied else cal.reason)
+    st = cal.stats
+    how = (f"calibrated against the tuning worlds: same-person spread {st['s']:.2f}x, other people's samples "
+           f"{st['ds']:.2f}x, centroids {st['dc']:.2f}x" if cal.applied else cal.reason)
     fig.suptitle((title + ": " if title else "") + how, fontsize=10)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
