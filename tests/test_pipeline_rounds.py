@@ -82,6 +82,7 @@ def test_rounds_table_status_and_summary(two_rounds, tiny_world, capsys):
     for row in rows:
         for key in ("tracker_f1", "L1_f1", "L2_f1", "L3_f1", "L3_nmi", "mAP", "rank1"):
             assert 0 <= float(row[key]) <= 1, (key, row)
+        assert float(row["link_threshold"]) > 0  # what the round curated with (its embedder's scale)
     assert rows[1]["embedder"].startswith("cion:") and rows[0]["embedder"] == "handcrafted"
     assert (out / "rounds.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "rounds.md").read_text().startswith("| round | embedder |")

@@ -11,13 +11,17 @@ from cion_ray.io import fs
 
 QUALITY = ("f1", "nmi", "precision", "recall")
 RETRIEVAL = ("mAP", "rank1", "mINP")
+# the thresholds each round curated with (calibrated to its embedder) -> their columns
+THRESHOLDS = {"radius": "radius", "merge": "merge", "margin": "margin", "threshold": "link_threshold",
+              "drift": "drift"}
 FILES = ("rounds.csv", "rounds.md", "rounds.png")
 
 
 def round_row(rnd: int, embedder: str, curated: str, curate_metrics: dict, eval_metrics: dict | None,
               run: str = "") -> dict:
     """One round's row. curate_metrics: the pipeline's curate stage metrics (identities, images,
-    levels: the curate report's per-level rows); eval_metrics: the evaluate stage's (mAP, rank1,
+    levels: the curate report's per-level rows; thresholds: those the curation used, calibrated to
+    the round's embedder where calibration is on); eval_metrics: the evaluate stage's (mAP, rank1,
     mINP; a study's per_fraction list: its run on the most data stands for the round), None when
     the pipeline does not evaluate."""
     row = {"round": rnd, "embedder": embedder, "curated": curated, "identities": curate_metrics.get("identities"),
@@ -26,6 +30,9 @@ def round_row(rnd: int, embedder: str, curated: str, curate_metrics: dict, eval_
     for level in LEVELS:
         for q in QUALITY:
             row[f"{level}_{q}"] = levels.get(level, {}).get(q)
+    thresholds = curate_metrics.get("thresholds") or {}
+    for k, column in THRESHOLDS.items():
+        row[column] = thresholds.get(k)
     m = eval_metrics or {}
     if m.get("per_fraction"):
         m = max(m["per_fraction"], key=lambda x: x.get("fraction", 1.0))

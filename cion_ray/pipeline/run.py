@@ -343,6 +343,7 @@ def _curate(ctx: _Ctx, done: list[StageResult], _fraction) -> StageResult:
                        summary + (" (committed before, inputs unchanged)" if r.current else ""), outputs,
                        metrics={"identities": r.identities, "images": r.samples, "embedder": ccfg.embed.embedder,
                                 "levels": r.report.get("levels", {}),
+                                "thresholds": (r.report.get("calibration") or {}).get("thresholds", {}),
                                 "ground_truth": bool(r.report.get("ground_truth"))})
 
 
