@@ -526,7 +526,6 @@ def _sheet(uri: str, crop_files: list[str], levels: list[dict], final: list[np.n
 def _check_inputs(cfg: CurateConfig) -> tuple[dict, list[str]]:
     if not cfg.crops or not cfg.out:
         raise CionError("curation needs the tracking output (--crops) and an output (--out)")
-    fs.check_output(cfg.out)  # a missing bucket or an unwritable folder fails before any work
     if cfg.embed.embedder.startswith("timm:"):
         if not cfg.embed.weights:
             raise CionError(f"the {cfg.embed.embedder} embedder needs --weights (a checkpoint path or s3:// URI)")
@@ -535,6 +534,7 @@ def _check_inputs(cfg: CurateConfig) -> tuple[dict, list[str]]:
     if cfg.embed.embedder.startswith("cion:"):
         from cion_ray.zoo.checkpoints import find_checkpoint_file
         find_checkpoint_file(cfg.embed.embedder[5:])  # a missing run or one without a checkpoint, named
+    fs.check_output(cfg.out)  # a missing bucket or an unwritable folder fails before any work
     crops_m = runs.load_manifest(cfg.crops, "track")
     if crops_m is None:
         raise CionError(f"{cfg.crops}: no committed tracking output here (no _manifest.json)")
