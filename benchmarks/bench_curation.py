@@ -117,7 +117,7 @@ def tables(results: list[dict]) -> str:
 
 def run_rounds(work: Path, seed: int) -> dict:
     """The pipeline job with two rounds on the default world of `seed` (laptop config, small
-    pre-training profile): -> {"rows": rounds.csv rows, "seconds"}."""
+    pre-training profile): -> {"table": its rounds.md, "seconds", "out"}."""
     world = work / f"rounds-world-{seed}"
     out = work / f"rounds-{seed}"
     py = sys.executable
@@ -130,10 +130,8 @@ def run_rounds(work: Path, seed: int) -> dict:
         cmd += ["--set", f"{k}={v}"]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parent.parent)
-    import csv
-    with open(out / "rounds.csv") as f:
-        rows = list(csv.DictReader(f))
-    return {"rows": rows, "seconds": time.perf_counter() - t0, "out": str(out)}
+    return {"table": (out / "rounds.md").read_text().rstrip("\n"), "seconds": time.perf_counter() - t0,
+            "out": str(out)}
 
 
 def main() -> int:
@@ -160,12 +158,9 @@ def main() -> int:
             + tables(results))
     if args.rounds is not None:
         r = run_rounds(work, args.rounds)
-        keys = list(r["rows"][0]) if r["rows"] else []
         body += (f"\nTwo curation rounds on the default world (seed {args.rounds}), `jobs/pipeline.py --config "
                  f"configs/pipeline-laptop.yaml --set rounds=2` ({r['seconds']:.0f} s; {r['out']}/rounds.md): "
-                 f"round 2 embeds with the backbone pre-trained on round 1's curated data.\n\n"
-                 "| " + " | ".join(keys) + " |\n" + "|---" * len(keys) + "|\n"
-                 + "".join("| " + " | ".join(row[k] for k in keys) + " |\n" for row in r["rows"]))
+                 f"round 2 embeds with the backbone pre-trained on round 1's curated data.\n\n{r['table']}\n")
     print(body)
     if not args.no_record:
         append_results("bench_curation: curation quality on worlds it was not tuned on", body)
