@@ -60,7 +60,7 @@ def test_unknown_key_names_the_section_where_it_exists():
         load_config(CurateConfig, None, ["window=3", "bogus=1"])
     with pytest.raises(ConfigError) as e:
         load_config(CurateConfig, None, ["zzz=1"])
-    assert "did you mean" not in str(e.value) and "known here: crops, denoise" in str(e.value)
+    assert "did you mean" not in str(e.value) and "known here: calibrate, crops, denoise" in str(e.value)
 
 
 def test_a_yaml_key_in_the_wrong_section(tmp_path):

@@ -36,7 +36,7 @@ def _identities(out):
     return pq.ParquetDataset(identities_files(str(out))).read().sort_by("crop_id")
 
 
-CACHES = ("embeddings", "videos", "relations")
+CACHES = ("embeddings", "videos", "relations", "calibration")
 
 
 def _tree(root, caches: bool = True) -> dict[str, str]:

@@ -48,7 +48,7 @@ def test_curate_default_output_is_short_and_free_of_ray_logs(tracked, tiny_world
     lines = _run(["curate", "--crops", str(crops), "--out", str(tmp_path / "curated"), "--gt", str(tiny_world),
                   "--actors", "2"])
     text = "\n".join(lines)
-    assert len(lines) <= 30, f"{len(lines)} lines:\n{text}"
+    assert len(lines) <= 34, f"{len(lines)} lines:\n{text}"  # 18 of them the report
     assert not [ln for ln in lines if RAY_LINE.search(ln)], text
     for stage in ("embedding", "denoising", "labelling and exporting"):
         assert any(ln.startswith(f"[curate] {stage}: ") and " in " in ln for ln in lines), text  # its final line

@@ -38,7 +38,7 @@ from cion_ray.curation.core import (IdentityTable, VideoCrops, VideoLevels, chec
 from cion_ray.curation.export import cion_al_path, market_path
 from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
 from cion_ray.linking.ranges import range_key, sliding_ranges
-from cion_ray.curation.report import build_report, calibration_text, report_text
+from cion_ray.curation.report import build_report, report_text
 from cion_ray.curation.calibrate import Calibration, Distances, calibrate, pool, video_distances
 from cion_ray.curation.store import (distances_uri, load_distances, load_levels, save_distances, save_levels,
                                      video_uri)
@@ -383,9 +383,8 @@ def _calibrate(cfg: CurateConfig, keys: Keys, videos: list[str], log) -> tuple[C
     if todo:
         ds = _embedding_dataset(cfg, todo)
         if ds is not None:
-            log(f"measuring same- and different-person distances in {len(todo)} videos (calibration)")
-            with PolledProgress(Progress("curate/calibrate", len(todo), "videos", label="calibration",
-                                         log=log)) as pp:
+            with PolledProgress(Progress("curate/calibrate", len(todo), "videos",
+                                         label="measuring distances for calibration", log=log)) as pp:
                 rows = ds.groupby("video_id", num_partitions=max(1, min(len(todo), 64))).map_groups(
                     distances_one_video, batch_format="pyarrow",
                     fn_args=(cfg.denoise.min_len, cfg.calibrate.max_per_video, cfg.out,
@@ -396,9 +395,7 @@ def _calibrate(cfg: CurateConfig, keys: Keys, videos: list[str], log) -> tuple[C
                 save_distances(distances_uri(cfg.out, v, dkeys[v]), Distances())
     with ThreadPoolExecutor(max_workers=16) as ex:
         d = pool(list(ex.map(lambda v: load_distances(distances_uri(cfg.out, v, dkeys[v])), videos)))
-    cal = calibrate(d, cfg.calibrate, cfg.denoise, cfg.link)
-    log(calibration_text(cal.to_json()))
-    return cal, d
+    return calibrate(d, cfg.calibrate, cfg.denoise, cfg.link), d  # the report shows the thresholds
 
 
 def _load_all(out: str, keys: Keys, videos: list[str]) -> list[dict]:
