@@ -87,6 +87,10 @@ def video_distances(feats: np.ndarray, tracks: np.ndarray, frames: np.ndarray, m
     out = Distances()
     if len(feats) == 0:
         return out
+    # one order whatever order the rows came in (Ray Data's groups do not keep one), so the
+    # seeded sample, and with it the thresholds, depend on the data alone
+    o = np.lexsort((frames, tracks))
+    feats, tracks, frames = feats[o], tracks[o], frames[o]
     ids, tr = np.unique(tracks, return_inverse=True)
     size = np.bincount(tr, minlength=len(ids))
     sums = np.zeros((len(ids), feats.shape[1]), np.float64)
