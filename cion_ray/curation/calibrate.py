@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from cion_ray.curation.config import CalibrateConfig, DenoiseConfig, LinkConfig
+from cion_ray.curation.core import clean_features, curate_local
 from cion_ray.denoise.tracklet import normalize
 from cion_ray.denoise.video import cannot_link_pairs
 
@@ -93,8 +94,8 @@ def video_distances(feats: np.ndarray, tracks: np.ndarray, frames: np.ndarray, m
     feats, tracks, frames = feats[o], tracks[o], frames[o]
     ids, tr = np.unique(tracks, return_inverse=True)
     size = np.bincount(tr, minlength=len(ids))
-    sums = np.zeros((len(ids), feats.shape[1]), np.float64)
-    np.add.at(sums, tr, feats)
+    start = np.concatenate([[0], np.cumsum(size)])  # tracklet i's rows: start[i]:start[i + 1], in time order
+    sums = np.add.reduceat(feats.astype(np.float64), start[:-1], axis=0)
     cent = normalize(sums).astype(np.float32)
     long_enough = size >= min_len
     ok = long_enough[tr]
@@ -102,13 +103,10 @@ def video_distances(feats: np.ndarray, tracks: np.ndarray, frames: np.ndarray, m
 
     # a tracklet's two halves in time: the noise of a centroid of half its length
     halves = []
-    order = np.lexsort((frames, tr))
-    cuts = np.flatnonzero(np.diff(tr[order])) + 1
-    for block in np.split(order, cuts):
-        if len(block) >= 2 * min_len:
-            h = len(block) // 2
-            a, b = normalize(feats[block[:h]].sum(0)), normalize(feats[block[h:]].sum(0))
-            halves.append(1.0 - float(a @ b))
+    for i in np.flatnonzero(size >= 2 * min_len):
+        a, b = start[i], start[i + 1]
+        h = a + (b - a) // 2
+        halves.append(1.0 - float(normalize(feats[a:h].sum(0)) @ normalize(feats[h:b].sum(0))))
 
     pairs = cannot_link_pairs(tracks, frames)
     diff_sample, diff_centroid = [], []
@@ -118,8 +116,8 @@ def video_distances(feats: np.ndarray, tracks: np.ndarray, frames: np.ndarray, m
         pa, pb = pa[keep], pb[keep]
         diff_centroid = 1.0 - np.einsum("nd,nd->n", cent[pa], cent[pb])
         for a, b in zip(pa, pb):  # every sample of each against the other's centroid
-            diff_sample.append(1.0 - feats[tr == a] @ cent[b])
-            diff_sample.append(1.0 - feats[tr == b] @ cent[a])
+            diff_sample.append(1.0 - feats[start[a]:start[a + 1]] @ cent[b])
+            diff_sample.append(1.0 - feats[start[b]:start[b + 1]] @ cent[a])
     rng = np.random.default_rng(seed)
     f32 = np.float32
     out.same_sample = _subsample(same_sample.astype(f32), max_per_kind, rng)
@@ -202,8 +200,6 @@ def calibrate(d: Distances, cfg: CalibrateConfig, denoise: DenoiseConfig, link: 
 
 def corpus_distances(videos, min_len: int, max_per_video: int = 2000) -> Distances:
     """Pooled distances of several videos (core.VideoCrops; invalid embeddings are left out)."""
-    from cion_ray.curation.core import clean_features
-
     parts = []
     for v in videos:
         v, _ = clean_features(v)
@@ -214,8 +210,6 @@ def corpus_distances(videos, min_len: int, max_per_video: int = 2000) -> Distanc
 def curate_calibrated(videos, denoise: DenoiseConfig, link: LinkConfig, cfg: CalibrateConfig):
     """core.curate_local with the thresholds calibrated first: -> (CurationResult, Calibration,
     Distances). With cfg.enabled False, the thresholds as given."""
-    from cion_ray.curation.core import curate_local
-
     d = corpus_distances(videos, denoise.min_len, cfg.max_per_video)
     cal = calibrate(d, cfg, denoise, link)
     dn, lk = cal.apply(denoise, link)

@@ -327,9 +327,10 @@ def _embedding_dataset(cfg: CurateConfig, todo: list[str]):
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 
-def _cached_levels(out: str) -> set[str]:
-    """Names of the L1/L2 results stored in out/videos (one listing)."""
-    root = fs.join(out, "videos")
+def _cached(out: str, sub: str) -> set[str]:
+    """Names of the per-video .npz results stored in out/<sub> (one listing): L1/L2 results in
+    videos/, calibration distances in calibration/."""
+    root = fs.join(out, sub)
     if not fs.exists(root):
         return set()
     return {f.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1] for f in fs.list_files(root, (".npz",))}
@@ -337,7 +338,7 @@ def _cached_levels(out: str) -> set[str]:
 
 def _denoise(cfg: CurateConfig, keys: Keys, videos: list[str], log) -> tuple[list[str], dict]:
     """L1 + L2 for videos without a stored result at their key; returns them and their stats."""
-    have = _cached_levels(cfg.out)
+    have = _cached(cfg.out, "videos")
     todo = [v for v in videos if f"{v}-{keys.levels[v]}.npz" not in have]
     if not todo:
         return [], {}
@@ -375,9 +376,7 @@ def _calibrate(cfg: CurateConfig, keys: Keys, videos: list[str], log) -> tuple[C
     """The same- and different-person distances of every video (computed for those without a
     cached file at their key), pooled, and the thresholds they give (cion_ray.curation.calibrate)."""
     dkeys = distance_keys(cfg, keys, videos)
-    root = fs.join(cfg.out, "calibration")
-    have = ({f.rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1] for f in fs.list_files(root, (".npz",))}
-            if fs.exists(root) else set())
+    have = _cached(cfg.out, "calibration")
     todo = [v for v in videos if f"{v}-{dkeys[v]}.npz" not in have]
     done: set[str] = set()
     if todo:
