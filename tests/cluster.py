@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -38,6 +39,37 @@ def free_ports(n: int) -> list[int]:
     finally:
         for s in socks:
             s.close()
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def worker_port_range(width: int) -> int:
+    """The first of `width` consecutive free ports for a node's workers (--min-worker-port). Drawn
+    below the kernel's ephemeral range, where free_ports' ports and every outgoing connection's port
+    come from, so none of a node's own ports can fall inside it; never overlapping a range this
+    process handed out before (several nodes share 127.0.0.1)."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    low = max(low, 10000 + 4 * width)
+    for _ in range(500):
+        start = random.randrange(10000, low - width)
+        ports = set(range(start, start + width + 1))  # --max-worker-port is inclusive
+        if _HANDED_OUT.isdisjoint(ports) and all(_bindable(p) for p in ports):
+            _HANDED_OUT.update(ports)
+            return start
+    raise RuntimeError(f"no {width} consecutive free ports below {low}")
 
 
 def wait_for(cond, timeout: float, what: str, every: float = 0.2):
@@ -113,7 +145,8 @@ class LoopbackCluster:
     def _start(self, name: str, args: list[str], num_cpus: int, resources: dict | None) -> Node:
         # short temp dirs: Ray's unix sockets live under them and socket paths are limited to ~107 bytes
         temp_dir = tempfile.mkdtemp(prefix=f"rc-{name}-", dir="/tmp")
-        nm, om, agent, agent_grpc, rt_env, metrics, wmin = free_ports(7)
+        nm, om, agent, agent_grpc, rt_env, metrics = free_ports(6)
+        wmin = worker_port_range(40)
         log = self.root / f"{name}.log"
         cmd = [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--temp-dir", temp_dir,
                "--num-cpus", str(num_cpus), "--num-gpus", "0", "--object-store-memory", str(300 << 20),

@@ -511,10 +511,11 @@ def test_local_token_recipe_as_written(tiny_world, tmp_path):
 
     import psutil
 
-    from cluster import free_ports
+    from cluster import free_ports, worker_port_range
 
     block = readme_block("## A cluster you start yourself", "source .venv/bin/activate")
-    gcs, dash, nm, om, agent, agent_grpc, rt_env, metrics, client, wmin = free_ports(10)
+    gcs, dash, nm, om, agent, agent_grpc, rt_env, metrics, client = free_ports(9)
+    wmin = worker_port_range(60)
     temp = tempfile.mkdtemp(prefix="rtok-", dir="/tmp")  # short: Ray's socket paths are limited
     private = (f" --node-ip-address 127.0.0.1 --temp-dir {temp} --port {gcs} --dashboard-host 127.0.0.1"
                f" --dashboard-port {dash} --node-manager-port {nm} --object-manager-port {om}"

@@ -16,6 +16,9 @@ pytestmark = pytest.mark.ray
 CLI = str(Path(sys.executable).parent / "cion-ray")
 RAY_LINE = re.compile(r"\bINFO\b|Total Progress|Running Dataset|Starting execution of Dataset|Execution plan of "
                       r"Dataset|will hang|\(RayTrainWorker pid=|\(MapWorker\(")
+# a warning or error of Ray's native layer about the machine or its own internals (a disk almost full, an
+# actor's restart caveat): shown to the user as Ray prints it, not counted as the stage's own output
+RAY_NATIVE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [WEF] \d+ \d+\] ")
 
 
 def _run(args: list[str], **env) -> list[str]:
@@ -48,7 +51,8 @@ def test_curate_default_output_is_short_and_free_of_ray_logs(tracked, tiny_world
     lines = _run(["curate", "--crops", str(crops), "--out", str(tmp_path / "curated"), "--gt", str(tiny_world),
                   "--actors", "2"])
     text = "\n".join(lines)
-    assert len(lines) <= 34, f"{len(lines)} lines:\n{text}"  # 18 of them the report
+    ours = [ln for ln in lines if not RAY_NATIVE.search(ln)]
+    assert len(ours) <= 34, f"{len(ours)} lines:\n{text}"  # 18 of them the report
     assert not [ln for ln in lines if RAY_LINE.search(ln)], text
     for stage in ("embedding", "denoising", "labelling and exporting"):
         assert any(ln.startswith(f"[curate] {stage}: ") and " in " in ln for ln in lines), text  # its final line
