@@ -476,6 +476,31 @@ def _add_run(sub) -> None:
     s.set_defaults(func=run)
 
 
+def _add_tune(sub) -> None:
+    """`cion-ray tune pretrain` and `cion-ray tune curate`: searches on Ray Tune (cion_ray.tune)."""
+    from cion_ray.tune import curate_command, pretrain_command
+
+    s = sub.add_parser("tune", help="hyperparameter searches on Ray Tune: pre-training (ASHA on held-out "
+                                    "retrieval) or curation thresholds (pairwise F1 against ground truth)")
+    ts = s.add_subparsers(dest="tune_command", required=True, metavar="SEARCH")
+    tp = ts.add_parser("pretrain", help="search pre-training hyperparameters; stop weak trials early (ASHA)")
+    pretrain_command.add_args(tp)
+    tp.set_defaults(func=pretrain_command.run)
+    tc = ts.add_parser("curate", help="search curation thresholds against pairwise F1 on ground truth")
+    curate_command.add_args(tc)
+    tc.set_defaults(func=curate_command.run)
+
+
+def _add_scale(sub) -> None:
+    """`cion-ray scale`: the data-percentage scaling study (cion_ray.scaling)."""
+    from cion_ray.scaling import command
+
+    s = sub.add_parser("scale", help="pre-train on nested fractions of the curated identities and plot held-out "
+                                     "mAP / rank-1 against the percentage (several backbones on one plot)")
+    command.add_args(s)
+    s.set_defaults(func=command.run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cion-ray", description=first_sentence(__doc__),
                                 epilog="Config keys of every stage (--config YAML, --set): docs/config.md")
@@ -534,6 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     zl = zs.add_parser("list", help="names, parameter counts and feature sizes (builds each model on the CPU)")
     zl.add_argument("--all", action="store_true", help="include the tiny test variants")
     zl.set_defaults(func=_zoo)
+    _add_tune(sub)
+    _add_scale(sub)
     _add_run(sub)
     for choice in sub._choices_actions:  # `cion-ray CMD -h` opens with the line `cion-ray -h` lists
         child = sub.choices[choice.dest]

@@ -1,0 +1,1 @@
+"""The data-percentage scaling study (`cion-ray scale`, jobs/scaling.py)."""
