@@ -196,6 +196,10 @@ class PretrainConfig:
     # a Market-style split (query/, bounding_box_test/): the teacher backbone's CMC / mAP / mINP on it
     # before training and at every checkpoint, measured on worker 0
     eval_data: str = ""
+    # hold out this fraction of the identities (seeded, disjoint from training) as a validation split: the
+    # teacher's retrieval on it (val_mAP, val_rank1, val_mINP) before training and at every checkpoint,
+    # measured on worker 0 (pretrain/validation.py);
+    validation: float = 0.0  # 0: off
     views: ViewsConfig = field(default_factory=ViewsConfig)  # augmented views
     model: ModelConfig = field(default_factory=ModelConfig)  # backbone and head
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimisation and loss
@@ -214,6 +218,7 @@ class PretrainConfig:
         if self.checkpoint_every < 1:
             raise ConfigError("checkpoint_every must be >= 1")
         require(self.seed >= 0, "seed", ">= 0", self.seed)
+        require(0 <= self.validation < 1, "validation", "in [0, 1) (0: no validation split)", self.validation)
         require(self.fault_drill_iteration >= 0, "fault_drill_iteration", ">= 0 (0: no drill)",
                 self.fault_drill_iteration)
 
@@ -222,5 +227,7 @@ class PretrainConfig:
         d = asdict(self)
         for k in ("out", "fault_drill_iteration", "eval_data"):
             d.pop(k)
+        if self.validation == 0:  # runs from before the validation split keep their fingerprint
+            d.pop("validation")
         d["scale"] = {"workers": self.scale.workers}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=list).encode()).hexdigest()[:16]

@@ -13,6 +13,8 @@
 tracking output with the ground-truth person each one shows, the upper bound (see gt_labels).
 A seeded fraction of the identities is kept (the same subset for the same seed, and a smaller
 fraction is a subset of a larger one); each worker then loads only the images of its own shard.
+With a validation fraction, its identities are held out first (pretrain/validation.py) and the
+data fraction is taken among the rest (see split_identities).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs, stage
 from cion_ray.io.crops import read_crop_images
+from cion_ray.pretrain.validation import holdout_identities
 
 
 @dataclass
@@ -280,6 +283,17 @@ def select_identities(identity: np.ndarray, fraction: float, seed: int) -> np.nd
     n = max(1, math.ceil(fraction * len(ids) - 1e-9))
     perm = np.random.default_rng([seed, 11]).permutation(len(ids))
     return np.sort(ids[perm[:n]])
+
+
+def split_identities(identity: np.ndarray, fraction: float, validation: float, seed: int,
+                     source: str = "the data") -> tuple[np.ndarray, np.ndarray]:
+    """-> (training identity ids, held-out validation identity ids), disjoint and sorted. The
+    validation identities are held out first (the same ones for every data fraction), then the
+    data fraction is selected among the rest, so fractions still nest; validation 0 holds out
+    nothing and trains on exactly select_identities(identity, fraction, seed)."""
+    held = holdout_identities(identity, validation, seed, source)
+    rest = identity[~np.isin(identity, held)] if len(held) else identity
+    return select_identities(rest, fraction, seed), held
 
 
 def fetch_images(table: LabelTable) -> list[bytes]:

@@ -23,10 +23,11 @@ import torch
 
 from cion_ray.errors import CionError
 from cion_ray.pretrain.config import PretrainConfig
-from cion_ray.pretrain.data import fetch_images, load_labels, select_identities
+from cion_ray.pretrain.data import LabelTable, fetch_images, load_labels, split_identities
 from cion_ray.pretrain.sampler import IdentitySampler, shard_identities
 from cion_ray.pretrain.schedules import cosine_schedule, k_at_epoch, teacher_temp_schedule
 from cion_ray.pretrain.task import CIONTask, clip_gradients, has_batchnorm
+from cion_ray.pretrain.validation import score_split, tracklet_cameras, val_metrics, validation_split
 from cion_ray.pretrain.views import MultiCropViews, decode_jpeg
 
 FORMAT = "cion-ray-pretrain/1"
@@ -98,12 +99,26 @@ def _precision(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[p]
 
 
+class ValidationImages:
+    """The held-out validation images (encoded bytes, row order of `table`) and their query /
+    gallery split (pretrain/validation.py), loaded once on worker 0."""
+
+    def __init__(self, table: LabelTable, seed: int):
+        self.split = validation_split(table.identity, tracklet_cameras(table.keys, table.kind), seed, table.source)
+        self.identities = table.n_identities
+        self.images = fetch_images(table)
+
+
 class WorkerData:
-    """This worker's shard of the training images, loaded once."""
+    """This worker's shard of the training images, loaded once; on worker 0 also the held-out
+    validation images (cfg.validation > 0), whose identities no worker trains on."""
 
     def __init__(self, cfg: PretrainConfig, rank: int, world_size: int, log: Callable[[str], None] = print):
         table = load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt)
-        kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
+        kept, held = split_identities(table.identity, cfg.data_fraction, cfg.validation, cfg.seed, table.source)
+        self.validation = None
+        if rank == 0 and len(held):
+            self.validation = ValidationImages(table.subset(np.isin(table.identity, held)), cfg.seed)
         table = table.subset(np.isin(table.identity, kept))
         self.total_images = len(table.keys)
         self.total_identities = len(kept)
@@ -117,6 +132,10 @@ class WorkerData:
             log(f"data: {table.source}: {self.total_identities} identities, {self.total_images} images "
                 f"(fraction {cfg.data_fraction}, seed {cfg.seed}); worker 0 holds {len(mine)} identities, "
                 f"{len(self.images)} images, loaded in {time.perf_counter() - t0:.1f}s")
+            if self.validation is not None:
+                v = self.validation
+                log(f"validation: {v.identities} held-out identities (fraction {cfg.validation}), "
+                    f"{len(v.split.query)} queries, {len(v.split.gallery)} gallery images")
 
 
 def iterations_per_epoch(cfg: PretrainConfig, total_images: int, world_size: int) -> int:
@@ -179,6 +198,7 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         start_epoch, it = int(state["epoch"]), int(state["iteration"])
         history = list(state.get("history") or [])
         eval_init = state.get("eval_init") or {}
+        val_init = state.get("val_init") or {}  # the split is part of the fingerprint: always this run's
         if eval_init and state.get("eval_init_data") != cfg.eval_data:
             # the initial weights are gone: figures of another split cannot stand beside this one's
             if ctx.rank == 0:
@@ -189,9 +209,12 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
             log(f"resumed at epoch {start_epoch}, iteration {it}")
 
     if state is None:
-        eval_init, history = {}, []
+        eval_init, val_init, history = {}, {}, []
         if cfg.eval_data and ctx.rank == 0:
             eval_init = {f"{k}_init": v for k, v in evaluate_teacher(cfg, task, device, log).items()}
+        if data.validation is not None:
+            val_init = {f"{k}_init": v for k, v in evaluate_validation(cfg, task, data.validation, device, log).items()
+                        if k != "val_queries"}
     sampler = IdentitySampler(data.labels, o.batch_per_worker, cfg.seed, ctx.rank)
     views = MultiCropViews(cfg.views)
     dataset = ImageViews(data.images, data.names, views)
@@ -280,15 +303,20 @@ def train(cfg: PretrainConfig, ctx: TrainContext, log: Callable[[str], None] = p
         if save and cfg.eval_data:
             metrics.update(eval_init)
             metrics.update(evaluate_teacher(cfg, task, device, log))
+        if save and data.validation is not None:
+            metrics.update(val_init)
+            metrics.update(evaluate_validation(cfg, task, data.validation, device, log))
         history.append(dict(metrics))
         if save:
             ckpt = checkpoint_state(cfg, task, opt, scaler, epoch + 1, it)
             # every epoch's metrics so far: a resumed run's curves start at epoch 1
-            ckpt.update(eval_init=eval_init, eval_init_data=cfg.eval_data, history=list(history))
+            ckpt.update(eval_init=eval_init, eval_init_data=cfg.eval_data, val_init=val_init, history=list(history))
         if ctx.rank == 0:
+            val = (f"  val mAP {metrics['val_mAP']:.4f} rank-1 {metrics['val_rank1']:.4f}"
+                   if "val_mAP" in metrics else "")
             log(f"epoch {epoch + 1}/{o.epochs}  K {k}  loss {metrics['loss']:.4f} (teacher entropy "
                 f"{entropy:.3f} + KL {metrics['kl']:.3f})  lr {metrics['lr']:.2e}  "
-                f"momentum {metrics['momentum']:.4f}  {metrics['images_per_s']:.1f} img/s")
+                f"momentum {metrics['momentum']:.4f}  {metrics['images_per_s']:.1f} img/s{val}")
             if on_epoch is not None:
                 on_epoch(metrics)
         ctx.report(metrics, ckpt)
@@ -316,6 +344,20 @@ def evaluate_teacher(cfg: PretrainConfig, task: CIONTask, device: torch.device, 
     log(f"retrieval on {cfg.eval_data}: mAP {r.mAP:.4f}  rank-1 {r.rank(1):.4f}  mINP {r.mINP:.4f} "
         f"({r.queries} queries, {time.perf_counter() - t0:.1f}s)")
     return {f"eval_{k}": v for k, v in r.summary().items() if k in ("mAP", "mINP", "rank1", "rank5")}
+
+
+def evaluate_validation(cfg: PretrainConfig, task: CIONTask, val: ValidationImages, device: torch.device,
+                        log: Callable[[str], None]) -> dict:
+    """The teacher backbone's retrieval on the held-out validation split, as val_mAP, val_rank1,
+    val_mINP and val_queries."""
+    from cion_ray.zoo.features import extract_features
+
+    t0 = time.perf_counter()
+    feats = extract_features(task.teacher.backbone, val.images, tuple(cfg.views.global_size), device=str(device))
+    r = score_split(feats, val.split)
+    log(f"validation retrieval ({val.identities} held-out identities): mAP {r.mAP:.4f}  rank-1 {r.rank(1):.4f}  "
+        f"mINP {r.mINP:.4f} ({r.queries} queries, {time.perf_counter() - t0:.1f}s)")
+    return val_metrics(r)
 
 
 def checkpoint_state(cfg: PretrainConfig, task: CIONTask, opt, scaler, epoch: int, iteration: int) -> dict:
