@@ -174,10 +174,11 @@ def _worker_loop(config: dict) -> None:
 
 def _check_inputs(cfg: PretrainConfig) -> PretrainConfig:
     """Everything a worker would read, read or checked on the driver first: the init weights, the
-    evaluation split, the backbone name, the training data, and that every worker's shard can fill
-    its P x K batches at every K of the run (the sampler's own rule). A failure is a CionError
-    naming the input, before Ray starts. -> cfg with the crops of a curated output pinned."""
-    from cion_ray.pretrain.data import absolute, load_labels, select_identities
+    evaluation split, the backbone name, the training data, the validation split (held-out
+    identities that leave some to train on and give at least one query), and that every worker's
+    shard can fill its P x K batches at every K of the run (the sampler's own rule). A failure is a
+    CionError naming the input, before Ray starts. -> cfg with the crops of a curated output pinned."""
+    from cion_ray.pretrain.data import absolute, load_labels, split_identities
     from cion_ray.pretrain.sampler import worker_shortfall
     from cion_ray.pretrain.schedules import k_values
     from cion_ray.zoo.factory import check_backbone
@@ -194,12 +195,20 @@ def _check_inputs(cfg: PretrainConfig) -> PretrainConfig:
     table = load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt)  # bad data fails here too, with its name
     if table.crops and not cfg.crops:  # pin the crops a curated output points to, for the workers
         cfg = replace(cfg, crops=absolute(table.crops))
-    kept = select_identities(table.identity, cfg.data_fraction, cfg.seed)
+    kept, val_ids = split_identities(table.identity, cfg.data_fraction, cfg.validation, cfg.seed, cfg.data)
+    if len(val_ids):  # a split without a query fails here, naming the data
+        import numpy as np
+
+        from cion_ray.pretrain.validation import tracklet_cameras, validation_split
+
+        rows = np.isin(table.identity, val_ids)
+        validation_split(table.identity[rows], tracklet_cameras(table.keys[rows], table.kind), cfg.seed, cfg.data)
     o, workers = cfg.optim, cfg.scale.workers
     short = worker_shortfall(kept, workers, cfg.seed, o.batch_per_worker, k_values(o.k_steps, o.epochs))
     if short is not None:
         rank, k, p, held = short
-        raise CionError(f"{cfg.data}: {len(kept)} identities (fraction {cfg.data_fraction}) are too few for "
+        val = f"; {len(val_ids)} more held out for validation" if len(val_ids) else ""
+        raise CionError(f"{cfg.data}: {len(kept)} identities (fraction {cfg.data_fraction}{val}) are too few for "
                         f"{workers} worker(s) x {o.batch_per_worker} images per batch: at K {k} a batch holds "
                         f"{p} identities and worker {rank} has {held}; use a smaller batch, fewer workers, "
                         "or more data")
