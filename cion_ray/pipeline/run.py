@@ -489,45 +489,24 @@ def _rounds(ctx: _Ctx, rows: list[dict]) -> dict:
 
 def _study(ctx: _Ctx, results: list[StageResult]) -> dict:
     """The data-percentage study's table (CSV, Markdown) and plot (mAP and rank-1 against the
-    percentage of identities), from the evaluate stage's per-fraction results (the last round's)."""
+    percentage of identities), from the evaluate stage's per-fraction results (the last round's);
+    the table and plot are cion_ray.scaling.report's, as `cion-ray scale` writes them."""
+    from cion_ray.scaling.report import table_markdown, write_study
+
     ev = [r for r in results if r.name == "evaluate"][-1]
     rows = sorted(({"fraction": m["fraction"], "mAP": m.get("mAP"), "rank1": m.get("rank1"), "mINP": m.get("mINP")}
                    for m in ev.metrics.get("per_fraction", [ev.metrics])), key=lambda r: r["fraction"])
-    csv = "fraction,mAP,rank1,mINP\n" + "".join(
-        f"{r['fraction']:g},{r['mAP']:.4f},{r['rank1']:.4f},{r['mINP']:.4f}\n" for r in rows)
-    md = "| data | mAP | rank-1 | mINP |\n|---:|---:|---:|---:|\n" + "".join(
-        f"| {r['fraction'] * 100:g}% | {r['mAP']:.3f} | {r['rank1']:.3f} | {r['mINP']:.3f} |\n" for r in rows)
-    files = {"study.csv": fs.join(ctx.out, "study.csv"), "study.md": fs.join(ctx.out, "study.md"),
-             "study.png": fs.join(ctx.out, "study.png")}
-    fs.write_bytes_atomic(files["study.csv"], csv.encode())
-    fs.write_bytes_atomic(files["study.md"], md.encode())
-    fs.write_bytes_atomic(files["study.png"], _study_png(rows, ctx.cfg))
-    ctx.log(md.rstrip())
+    arch = ctx.cfg.pretrain.model.arch
+    files = write_study(ctx.out, rows, "study", f"{arch}: held-out retrieval against data", label=arch)
+    ctx.log(table_markdown(rows).rstrip())
     return {"rows": rows, "files": files}
 
 
 def _study_png(rows: list[dict], cfg: PipelineConfig) -> bytes:
-    import io
+    from cion_ray.scaling.report import study_png
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [r["fraction"] * 100 for r in rows]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=120)
-    ax.plot(x, [r["mAP"] * 100 for r in rows], "o-", label="mAP")
-    ax.plot(x, [r["rank1"] * 100 for r in rows], "s--", label="rank-1")
-    ax.set_xlabel("curated identities used for pre-training (%)")
-    ax.set_ylabel("%")
-    ax.set_title(f"{cfg.pretrain.model.arch}: held-out retrieval against data", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    arch = cfg.pretrain.model.arch
+    return study_png(rows, f"{arch}: held-out retrieval against data", label=arch)
 
 
 STAGE_FUNCS = {"track": _track, "curate": _curate, "pretrain": _pretrain, "evaluate": _evaluate}
