@@ -126,6 +126,21 @@ def evaluate(data: SearchData, denoise: DenoiseConfig, link: LinkConfig,
     return score(data, link_levels(levels, link))
 
 
+def worst(scores: list[dict]) -> dict:
+    """Several worlds' scores as one: each metric the worst (lowest: every metric is better higher)
+    of them, the counts summed, and each world's metric as `<metric>@<i>`."""
+    if len(scores) == 1:
+        return scores[0]
+    out = {k: min(s[k] for s in scores) for k in (*METRICS, "kept")}
+    out.update({k: sum(s[k] for s in scores) for k in ("samples", "identities")})
+    out.update({f"{k}@{i}": s[k] for i, s in enumerate(scores) for k in ("f1", "precision", "recall")})
+    return out
+
+
+def evaluate_worlds(worlds: list[SearchData], denoise: DenoiseConfig, link: LinkConfig) -> dict[str, float]:
+    return worst([evaluate(d, denoise, link) for d in worlds])
+
+
 def calibrated_default(data: SearchData, cfg: CurateConfig) -> tuple[dict[str, float], dict[str, float], object]:
     """The base config as `cion-ray curate` runs it: thresholds calibrated on the data when
     cfg.calibrate.enabled, else as given. -> (scores, the thresholds used, the Calibration)."""
@@ -141,15 +156,14 @@ THRESHOLD_KEYS = {"radius": "denoise.radius", "merge": "denoise.merge", "margin"
                   "threshold": "link.threshold", "drift": "link.drift"}
 
 
-def start_points(spec: SearchSpec, base: CurateConfig, calibrated: dict[str, float] | None) -> list[dict]:
+def start_points(spec: SearchSpec, base: CurateConfig, calibrated: list[dict[str, float]]) -> list[dict]:
     """The trials every search runs first: the base config's values of the searched keys, and
-    (when calibration moved them) the calibrated thresholds with the other keys at the base."""
+    (where calibration moved them) each world's calibrated thresholds, the other keys at the base."""
     flat = {k: _get(base, k) for k in spec.keys}
     points = [flat]
-    if calibrated:
-        cal = {THRESHOLD_KEYS[k]: v for k, v in calibrated.items() if THRESHOLD_KEYS[k] in flat}
-        point = {**flat, **cal}
-        if point != flat:
+    for c in calibrated:
+        point = {**flat, **{THRESHOLD_KEYS[k]: v for k, v in c.items() if THRESHOLD_KEYS[k] in flat}}
+        if point not in points:
             points.append(point)
     return points
 
@@ -170,7 +184,7 @@ _LEVELS_MAX = 32
 
 
 def cached_levels(search: str, data: SearchData, denoise: DenoiseConfig) -> tuple[list[VideoLevels], bool]:
-    key = (search, tuple(sorted(asdict(denoise).items())))
+    key = (search, tuple(sorted(asdict(denoise).items())))  # search: names the search and the world
     if key in _LEVELS:
         _LEVELS.move_to_end(key)
         return _LEVELS[key], True
@@ -181,25 +195,28 @@ def cached_levels(search: str, data: SearchData, denoise: DenoiseConfig) -> tupl
     return levels, False
 
 
-def trial_scores(params: dict, base: dict, data: SearchData, search: str) -> dict:
-    """One trial's report: scores, whether L1/L2 came from the cache, and the seconds each part took."""
-    t0 = time.perf_counter()
+def trial_scores(params: dict, base: dict, worlds: list[SearchData], search: str) -> dict:
+    """One trial's report: scores (the worst over `worlds`), whether L1/L2 came from the cache, and
+    the seconds each part took."""
     try:
         cfg = apply_params(from_dict(CurateConfig, base), params, "trial")
     except ConfigError as e:  # a combination the stage refuses (checked ends cannot catch every mix)
         return {m: float("nan") for m in METRICS} | {"error": str(e), "levels_cached": False,
                                                       "levels_s": 0.0, "link_s": 0.0}
-    levels, hit = cached_levels(search, data, cfg.denoise)
-    t1 = time.perf_counter()
-    out = score(data, link_levels(levels, cfg.link))
-    t2 = time.perf_counter()
-    return {**out, "error": "", "levels_cached": hit, "levels_s": t1 - t0, "link_s": t2 - t1}
+    scores, hit, levels_s, link_s = [], True, 0.0, 0.0
+    for i, data in enumerate(worlds):
+        t1 = time.perf_counter()
+        levels, cached = cached_levels(f"{search}/{i}", data, cfg.denoise)
+        t2 = time.perf_counter()
+        scores.append(score(data, link_levels(levels, cfg.link)))
+        hit, levels_s, link_s = hit and cached, levels_s + t2 - t1, link_s + time.perf_counter() - t2
+    return {**worst(scores), "error": "", "levels_cached": hit, "levels_s": levels_s, "link_s": link_s}
 
 
-def _trainable(config: dict, base: dict = None, data: SearchData = None, search: str = ""):
+def _trainable(config: dict, base: dict = None, worlds: list[SearchData] = None, search: str = ""):
     from ray import tune
 
-    tune.report(trial_scores(config, base, data, search))
+    tune.report(trial_scores(config, base, worlds, search))
 
 
 # -- loading what the search needs -------------------------------------------------------------
@@ -290,47 +307,77 @@ class SearchResult:
     reuse: dict = field(default_factory=dict)  # L1/L2 cache hits and seconds per part
 
 
-def search(spec: SearchSpec, base: CurateConfig, data: SearchData, storage: str, seed: int = 0,
-           log: Callable[[str], None] = _log) -> SearchResult:
-    """The Tune search over `spec` on `data` (Ray already initialised). storage: Tune's
-    experiment folder (local path or URI)."""
+def search(spec: SearchSpec, base: CurateConfig, data: SearchData | list[SearchData], storage: str,
+           seed: int = 0, log: Callable[[str], None] = _log) -> SearchResult:
+    """The Tune search over `spec` on `data` (Ray already initialised): one world, or several,
+    each trial scored by the worst of them (`worst`). storage: Tune's experiment folder (local
+    path or URI)."""
+    from cion_ray.io import fs
 
+    t0 = time.perf_counter()
+    fs.remove_tree(fs.join(storage, "search"))  # an earlier search's trials: this one starts afresh
+    worlds = data if isinstance(data, list) else [data]
+    defaults = [calibrated_default(d, base) for d in worlds]
+    cal_scores = worst([d[0] for d in defaults])
+    applied = any(d[2].applied for d in defaults)
+    cal_thresholds = defaults[0][1] if len(worlds) == 1 else [d[1] for d in defaults]
+    log(f"default config as `cion-ray curate` runs it ({'calibrated' if applied else 'thresholds as given'}): "
+        f"{spec.metric} {cal_scores[spec.metric]:.4f}"
+        + (f" (worst of {len(worlds)} worlds)" if len(worlds) > 1 else ""))
+    fixed_base = replace(base, calibrate=replace(base.calibrate, enabled=False))
+    points = start_points(spec, fixed_base, [d[1] for d in defaults if d[2].applied])
+    grid = _fit(spec, fixed_base, worlds, points, storage, seed, log)
+    rows = _rows(grid, spec)
+    if grid.errors:
+        log(f"{len(grid.errors)} trial(s) failed, e.g. {str(grid.errors[0]).strip().splitlines()[-1]}")
+    errors = [r for r in rows if r.get("error")]
+    if errors:
+        log(f"{len(errors)} trial(s) refused by the stage, e.g. {errors[0]['error']}")
+    good = [r for r in rows if r[spec.metric] is not None and r[spec.metric] == r[spec.metric]]
+    if not good:
+        first = (str(grid.errors[0]).strip().splitlines() or [""])[-1] if grid.errors else ""
+        raise CionError("no trial finished with a score" + (f": {first}" if first else ""))
+    sign = 1 if spec.mode == "max" else -1
+    best = max(good, key=lambda r: (sign * r[spec.metric], -r["trial"]))
+    start = points[0]
+    default_row = next((r for r in rows if r["params"] == start), None)
+    if default_row is None:  # the trial ran with coerced values: score the defaults here
+        default_row = {"trial": -1, "params": start, **evaluate_worlds(worlds, fixed_base.denoise, fixed_base.link)}
+    hits = [r for r in rows if r.get("levels_cached")]
+    reuse = {"trials": len(rows), "levels_cached": len(hits),
+             "levels_s": float(np.mean([r["levels_s"] for r in rows if not r.get("levels_cached")] or [0.0])),
+             "link_s": float(np.mean([r["link_s"] for r in rows] or [0.0]))}
+    return SearchResult(rows, best, default_row, {**cal_scores, "thresholds": cal_thresholds}, applied,
+                        spec.metric, spec.mode, time.perf_counter() - t0, reuse)
+
+
+def _fit(spec: SearchSpec, fixed_base: CurateConfig, worlds: list[SearchData], points: list[dict], storage: str,
+         seed: int, log: Callable[[str], None]):
+    """Tune's random search (the start points first) on a quiet console. -> Tune's ResultGrid."""
     from ray import tune
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from cion_ray.progress import Progress
     from cion_ray.tune.space import to_tune
 
-    from cion_ray.io import fs
-
-    t0 = time.perf_counter()
-    fs.remove_tree(fs.join(storage, "search"))  # an earlier search's trials: this one starts afresh
-    cal_scores, cal_thresholds, cal = calibrated_default(data, base)
-    log(f"default config as `cion-ray curate` runs it ({'calibrated' if cal.applied else 'thresholds as given'}): "
-        f"{spec.metric} {cal_scores[spec.metric]:.4f}")
-    fixed_base = replace(base, calibrate=replace(base.calibrate, enabled=False))
-    points = start_points(spec, fixed_base, cal_thresholds if cal.applied else None)
-    param_space = to_tune(spec)
     grid = 1
     for d in spec.space:
         grid *= len(d.args) if d.kind == "grid" else 1
-    total = max(spec.trials, len(points)) * grid
-    progress = Progress("tune/curate", total, "trials", label="searching", log=log)
+    samples = max(spec.trials, len(points))
+    progress = Progress("tune/curate", samples * grid, "trials", label="searching", log=log)
     live = {"progress": progress, "log": log, "best": None}
     _LIVE[id(live)] = live  # the callback is pickled with the Tuner's state: it holds a key, not these
-
-
-    search_alg = BasicVariantGenerator(points_to_evaluate=points, random_state=seed)
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, base=asdict(fixed_base), data=data,
+        tune.with_parameters(_trainable, base=asdict(fixed_base), worlds=worlds,
                              search=f"{storage}:{time.time_ns()}"), {"cpu": 1})
     tuner = tune.Tuner(
-        trainable, param_space=param_space,
-        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=max(spec.trials, len(points)),
-                                    search_alg=search_alg, reuse_actors=True,
+        trainable, param_space=to_tune(spec),
+        tune_config=tune.TuneConfig(metric=spec.metric, mode=spec.mode, num_samples=samples,
+                                    search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=seed),
+                                    reuse_actors=True,  # the trial process, and its L1/L2 cache, stays
                                     trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
-        run_config=tune.RunConfig(name="search", storage_path=storage, verbose=0, callbacks=[trial_lines(id(live), spec.metric, spec.mode, tuple(spec.keys))],
-                                  log_to_file=True))
+        run_config=tune.RunConfig(name="search", storage_path=storage, verbose=0, log_to_file=True,
+                                  callbacks=[trial_lines(id(live), spec.metric, spec.mode, tuple(spec.keys))]))
     # Tune warns when a start point's value is not among a choice's values (a calibrated threshold
     # between the listed ones): that is the point of the start point, not a mistake
     vg = logging.getLogger("ray.tune.search.variant_generator")
@@ -341,7 +388,7 @@ def search(spec: SearchSpec, base: CurateConfig, data: SearchData, storage: str,
     old_output = os.environ.get("RAY_AIR_NEW_OUTPUT")
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     try:
-        grid_results = tuner.fit()
+        return tuner.fit()
     finally:
         progress.close()
         _LIVE.pop(id(live), None)
@@ -350,32 +397,20 @@ def search(spec: SearchSpec, base: CurateConfig, data: SearchData, storage: str,
             os.environ.pop("RAY_AIR_NEW_OUTPUT", None)
         else:
             os.environ["RAY_AIR_NEW_OUTPUT"] = old_output
+
+
+def _rows(grid, spec: SearchSpec) -> list[dict]:
+    """One row per trial that reported: trial (its order), params, scores, cache use, seconds."""
     rows = []
-    for i, r in enumerate(grid_results):
-        if r.metrics is None:
+    for i, r in enumerate(grid):
+        if not r.metrics:
             continue
         rows.append({"trial": i, "trial_id": r.metrics.get("trial_id", ""),
                      "params": {k: r.config[k] for k in spec.keys},
                      **{k: r.metrics.get(k) for k in (*METRICS, "samples", "kept", "identities", "error",
-                                                         "levels_cached", "levels_s", "link_s")}})
-    errors = [r for r in rows if r["error"]]
-    if errors:
-        log(f"{len(errors)} trial(s) refused by the stage, e.g. {errors[0]['error']}")
-    good = [r for r in rows if r[spec.metric] is not None and r[spec.metric] == r[spec.metric]]
-    if not good:
-        raise CionError("no trial finished with a score")
-    sign = 1 if spec.mode == "max" else -1
-    best = max(good, key=lambda r: (sign * r[spec.metric], -r["trial"]))
-    start = points[0]
-    default_row = next((r for r in rows if r["params"] == start), None)
-    if default_row is None:  # the trial ran with coerced values: score the defaults here
-        default_row = {"trial": -1, "params": start, **evaluate(data, fixed_base.denoise, fixed_base.link)}
-    hits = [r for r in rows if r.get("levels_cached")]
-    reuse = {"trials": len(rows), "levels_cached": len(hits),
-             "levels_s": float(np.mean([r["levels_s"] for r in rows if not r.get("levels_cached")] or [0.0])),
-             "link_s": float(np.mean([r["link_s"] for r in rows] or [0.0]))}
-    return SearchResult(rows, best, default_row, {**cal_scores, "thresholds": cal_thresholds}, cal.applied,
-                        spec.metric, spec.mode, time.perf_counter() - t0, reuse)
+                                                         "levels_cached", "levels_s", "link_s")},
+                     **{k: v for k, v in r.metrics.items() if "@" in k}})
+    return rows
 
 
 _LIVE: dict[int, dict] = {}
@@ -438,8 +473,9 @@ def results_table(result: SearchResult, keys: list[str]) -> tuple[str, str]:
     import csv
     import io
 
+    per_world = sorted({k for r in result.rows for k in r if "@" in k}, key=lambda k: (k.split("@")[1], k))
     cols = ["trial", *keys, "f1", "precision", "recall", "nmi", "l2_f1", "l1_f1", "samples", "kept", "identities",
-            "levels_cached", "error"]
+            *per_world, "levels_cached", "error"]
     order = _ranked(result)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
