@@ -11,8 +11,9 @@ Trials run with calibration off: they set the thresholds themselves. The base co
 thresholds (and the calibrated ones) are the first trials (`points_to_evaluate`), so the best
 found is never below the default's fixed-threshold F1.
 
-The scoring (`prepare_levels`, `score`, `evaluate`) is plain numpy over `curation.core`; Ray and
-Tune are imported only inside `run_search` and the trial function.
+Several worlds can be searched at once (benchmarks/tune_curation.py): each trial is scored by the
+worst of them. The scoring (`prepare_levels`, `link_levels`, `score`, `evaluate`) is plain numpy
+over `curation.core`; Ray and Tune are imported only inside the functions that run the search.
 """
 from __future__ import annotations
 
@@ -113,8 +114,8 @@ def score(data: SearchData, result: CurationResult) -> dict[str, float]:
         lab = np.concatenate(parts)
         keep = lab >= 0
         out[name] = float(pairwise_prf(gt[keep], lab[keep])["f1"]) if keep.any() else 0.0
-    out["samples"] = int(keep_final := (np.concatenate(lab3) >= 0).sum())
-    out["kept"] = float(keep_final / max(1, len(gt)))
+    kept = int((np.concatenate(lab3) >= 0).sum())
+    out["samples"], out["kept"] = kept, kept / max(1, len(gt))
     out["identities"] = int(result.identity_of.max(initial=-1) + 1)
     return out
 
@@ -234,31 +235,35 @@ def load_search_data(cfg: CurateConfig, videos: list[str], log: Callable[[str], 
     emb_out = fs.join(cfg.out, "embeddings")
     m = runs.load_manifest(emb_out, EMBED_STAGE)
     files = runs.committed_files(emb_out, EMBED_STAGE, {m["units"][v]["run"] for v in videos if v in m["units"]})
+    import pyarrow as pa
+
     tables = []
     for f in files:
         pa_fs, path = fs.arrow_fs(f)
         tables.append(pq.read_table(path, filesystem=pa_fs))
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
     table = pa.concat_tables(tables, promote_options="permissive") if tables else None
+    rows: dict[str, np.ndarray] = {}
+    if table is not None and table.num_rows:
+        names, inverse = np.unique(np.array(table.column("video_id").to_pylist()), return_inverse=True)
+        # one row order whatever order the files hold them in: video, track, frame
+        order = np.lexsort((table.column("frame").to_numpy(), table.column("track_id").to_numpy(), inverse))
+        bounds = np.searchsorted(inverse[order], np.arange(len(names) + 1))
+        rows = {str(n): order[a:b] for n, a, b in zip(names, bounds, bounds[1:])}
     if not fs.exists(cfg.gt):
         raise CionError(f"--gt {cfg.gt}: not found")
     _, mapping = gt_layout(cfg.gt)
     out_videos, gts = [], []
     for v in videos:
-        t = table.filter(pc.equal(table.column("video_id"), v)) if table is not None else None
-        if t is None or t.num_rows == 0:
+        g = load_gt(cfg.gt, v)
+        if v not in rows:  # tracking found nobody: an empty video, as the curate runtime keeps it
             out_videos.append(VideoCrops(v, np.zeros(0, object), np.zeros(0, np.int64), np.zeros(0, np.int64),
                                          np.zeros((0, 0), np.float32)))
-            gts.append(np.zeros(0, object) if load_gt(cfg.gt, v) is not None else None)
+            gts.append(None if g is None else np.zeros(0, object))
             continue
-        # one row order whatever order the files hold them in (track, then frame)
-        t = t.take(pa.array(np.lexsort((t.column("frame").to_numpy(), t.column("track_id").to_numpy()))))
+        t = table.take(pa.array(rows[v]))
         vc = _video_crops(t)
         check_unique(vc.crop_id, f"{cfg.crops} (video {v})")
         out_videos.append(vc)
-        g = load_gt(cfg.gt, v)
         if g is None:
             gts.append(None)
             continue
