@@ -274,6 +274,9 @@ def load_search_data(cfg: CurateConfig, videos: list[str], log: Callable[[str], 
     data = SearchData(out_videos, gts)
     if not data.scored:
         raise CionError(f"--gt {cfg.gt}: no <video>/gt.txt for any of the {len(videos)} videos of {cfg.crops}")
+    if mapping is None and data.scored > 1:
+        log(f"note: {cfg.gt} has no identities.json: ground-truth people are per video, so every link across "
+            "videos counts as a wrong one (the search then favours linking nothing)")
     n = sum(len(v.crop_id) for v in out_videos)
     log(f"loaded the embeddings of {len(videos)} videos ({n} crops); {data.scored} with ground truth are scored")
     return data
