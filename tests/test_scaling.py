@@ -152,7 +152,7 @@ def test_a_run_of_other_settings_is_started_afresh(study):
     """Another seed changes every run's key: the runs there are replaced, not resumed or reused."""
     argv, out, _ = study
     lines = run_scale_cli(argv[:-2] + ["--fractions", "1", "--seed", "1"])
-    assert any("other data or settings: starting afresh" in m for m in lines), lines
+    assert any("a run of other data or settings: starting afresh" in m for m in lines), lines
     record = json.loads((out / "runs" / "test_resnet" / "f1" / "scale_run.json").read_text())
     assert record["seed"] == 1 and record["pretrain"]["epoch"] == 1
 

@@ -56,7 +56,9 @@ def _prepare_folder(p: RunPlan, rec: dict | None, log) -> tuple[dict, bool]:
             log(f"{p.label}: resuming the interrupted pre-training in {p.run_dir}")
             return rec, True
     if fs.exists(p.run_dir) and (rec is not None or fs.exists(run_file)):
-        log(f"{p.label}: {p.run_dir} holds a run of other data or settings: starting afresh")
+        why = "a run of other data or settings" if rec is not None and rec.get("key") != p.key else \
+            "an unfinished run that cannot be resumed"
+        log(f"{p.label}: {p.run_dir} holds {why}: starting afresh")
         fs.remove_tree(p.run_dir)
     rec = {"format": FORMAT, "key": p.key, "arch": p.arch, "fraction": p.fraction, "seed": p.cfg.seed,
            "identities": len(p.identities), "images": p.images, "pretrain": None, "evaluation": None,

@@ -158,7 +158,11 @@ def make_plan(spec: ScaleSpec) -> list[RunPlan]:
     for a in archs:
         check_backbone(a)
     split = _split_key(spec.eval_data, spec.finetune)  # a missing or malformed split fails here
+    base = replace(base, crops=absolute(base.crops), eval_data=absolute(base.eval_data), gt=absolute(base.gt),
+                   init=absolute(base.init))
     table = load_labels(base.data, base.labels, base.crops, base.gt)
+    if table.crops and not base.crops:  # as run_pretrain pins them: the run file's fingerprint then matches
+        base = replace(base, crops=absolute(table.crops))
     data_key = _data_key(base.data)
     o, workers = base.optim, base.scale.workers
     plans = []
