@@ -1,7 +1,7 @@
 """How the curation defaults were chosen: a Ray Tune search on synthetic worlds with ground truth.
 
 For each seed: generate the default world, track it (public detections, in process), embed the
-crops with the hand-crafted descriptor. Then one Tune search (`cion_ray.tune.curate.search`,
+crops with the hand-crafted descriptor. Then one Tune search (`cion_ray.runtime.tune_curate.search`,
 what `cion-ray tune curate` runs) over the thresholds of a space file (default
 configs/tune-curate.yaml), every trial running L1/L2/L3 on every world and scored by the worst
 of the worlds' final pairwise F1 (over the samples kept). The current defaults and each world's
@@ -92,7 +92,7 @@ def main() -> int:
 
     import ray
 
-    from cion_ray.tune.curate import search
+    from cion_ray.runtime.tune_curate import search
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)

@@ -75,7 +75,8 @@ def test_trials_score_as_the_pure_curation(searched, tiny_world, tmp_path):
     ground truth of some videos scores those alone."""
     from cion_ray.curation.core import curate_local
     from cion_ray.evaluate.clustering import pairwise_prf
-    from cion_ray.tune.curate import evaluate, load_search_data
+    from cion_ray.runtime.tune_curate import load_search_data
+    from cion_ray.tune.curate import evaluate
 
     cfg = CurateConfig(crops=str(searched / "crops"), out=str(searched / "search"), gt=str(tiny_world))
     videos = ["v0000", "v0001", "v0002", "v0003"]

@@ -1,6 +1,6 @@
 """`cion-ray tune curate`: search the curation thresholds on Ray Tune against pairwise F1 on
 ground truth. Parse, check the space (before Ray starts), embed once, search, write, print.
-The search itself: cion_ray.tune.curate."""
+The search itself: cion_ray.tune.curate (pure) and cion_ray.runtime.tune_curate (on Ray Tune)."""
 from __future__ import annotations
 
 import argparse
@@ -66,7 +66,8 @@ def prepare(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     spec, base = prepare(args)  # a bad space, metric or config: one line, before Ray starts
     from cion_ray.io import fs
-    from cion_ray.tune.curate import embed_once, load_search_data, search, write_outputs
+    from cion_ray.runtime.tune_curate import embed_once, load_search_data, search
+    from cion_ray.tune.curate import write_outputs
 
     if not fs.exists(base.gt):
         raise CionError(f"--gt {base.gt}: not found")

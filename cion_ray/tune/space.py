@@ -1,6 +1,5 @@
 """Search spaces for `cion-ray tune`: a YAML file of the stage config's dotted keys, each with a
-distribution, checked against the stage's config class before any trial starts (pure code: no
-Ray import until `to_tune`).
+distribution, checked against the stage's config class before any trial starts (pure code).
 
     metric: val_mAP            # what the search maximises (mode: max) or minimises (mode: min)
     mode: max
@@ -185,23 +184,10 @@ def check_space(spec: SearchSpec, base) -> None:
                 raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
-def to_tune(spec: SearchSpec) -> dict[str, Any]:
-    """The param_space Tune samples from: dotted key -> a Tune domain."""
-    from ray import tune
+def to_tune(spec: SearchSpec):  # TRANSITIONAL: removed once every caller imports the runtime's
+    from cion_ray.runtime.tune_space import to_tune as runtime_to_tune
 
-    out: dict[str, Any] = {}
-    for d in spec.space:
-        if d.kind == "uniform":
-            out[d.key] = tune.uniform(*d.args)
-        elif d.kind == "loguniform":
-            out[d.key] = tune.loguniform(*d.args)
-        elif d.kind == "randint":
-            out[d.key] = tune.randint(d.args[0], d.args[1] + 1)  # Tune's upper bound is exclusive
-        elif d.kind == "choice":
-            out[d.key] = tune.choice(list(d.args))
-        else:
-            out[d.key] = tune.grid_search(list(d.args))
-    return out
+    return runtime_to_tune(spec)
 
 
 def params_yaml(base, params: dict[str, Any], header: str = "", drop: tuple[str, ...] = ()) -> str:
