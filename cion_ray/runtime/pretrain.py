@@ -36,6 +36,7 @@ from cion_ray.runtime.session import (Poller, cluster_gpus, ensure_ray, root_mes
 RUN_NAME = "train"
 RUN_FILE = "pretrain.json"
 CKPT_FILE = "checkpoint.pt"
+LOG_FILE = "log.txt"  # rank 0's messages when no driver prints them (build_trainer(log_file=True))
 
 
 class RayTrainContext:
@@ -152,6 +153,19 @@ def _quiet_train_worker() -> None:
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 
+class _FileLog:
+    """Rank 0's messages appended to a text file (local or s3://, rewritten whole: a few lines an
+    epoch): the log of a run nobody watches line by line (a Tune trial)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.text = fs.read_bytes(uri).decode() if fs.exists(uri) else ""
+
+    def __call__(self, msg: str) -> None:
+        self.text += f"{time.strftime('%H:%M:%S')} {msg}\n"
+        fs.write_bytes_atomic(self.uri, self.text.encode())
+
+
 def _worker_loop(config: dict) -> None:
     from cion_ray.config import from_dict
     from cion_ray.pretrain.loop import train
@@ -164,9 +178,15 @@ def _worker_loop(config: dict) -> None:
     torch.set_num_threads(max(1, int(config["threads"])))
     log = EpochLog(cfg.out) if ctx.rank == 0 else None
     relay = _RelayClient(config["relay"]) if config.get("relay") is not None else None
+    if relay is not None:
+        say = relay.log
+    elif config.get("log_file"):
+        say = _FileLog(fs.join(cfg.out, LOG_FILE)) if ctx.rank == 0 else (lambda m: None)
+    else:
+        say = lambda m: print(m, flush=True)  # noqa: E731
     try:
-        train(cfg, ctx, log=relay.log if relay else (lambda m: print(m, flush=True)), on_epoch=log,
-              fault=_fault_drill(cfg, ctx.rank, ctx.world_size), on_iteration=relay.step if relay else None)
+        train(cfg, ctx, log=say, on_epoch=log, fault=_fault_drill(cfg, ctx.rank, ctx.world_size),
+              on_iteration=relay.step if relay else None)
     finally:
         if log is not None:
             log.close()
@@ -271,11 +291,56 @@ def _release_without_checkpoint(out: str) -> None:
     fs.remove_tree(fs.join(out, RUN_FILE))
 
 
-def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool = False,
-                 log=print) -> PretrainResult:
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+def worker_resources(cfg: PretrainConfig) -> tuple[float, dict]:
+    """(GPUs per worker, the resources one Train worker reserves): scale.gpus_per_worker < 0 means
+    one GPU per worker when the cluster has GPUs, else CPU only."""
+    gpus = cfg.scale.gpus_per_worker
+    if gpus < 0:
+        gpus = 1.0 if cluster_gpus() >= 1 else 0.0
+    resources = {"CPU": cfg.scale.cpus_per_worker}
+    if gpus > 0:
+        resources["GPU"] = gpus
+    return gpus, resources
+
+
+def check_cluster(cfg: PretrainConfig, gpus: float) -> None:
+    """A CionError when the worker group can never fit the cluster as it is (unless
+    scale.allow_pending: an autoscaler will add nodes)."""
+    have = ray.cluster_resources()
+    need = {"CPU": cfg.scale.cpus_per_worker * cfg.scale.workers, "GPU": gpus * cfg.scale.workers}
+    short = [f"{need[r]:g} {r}s (the cluster has {have.get(r, 0):g})" for r in need if need[r] > have.get(r, 0)]
+    if short and not cfg.scale.allow_pending:
+        raise CionError(f"{cfg.scale.workers} workers need {' and '.join(short)}; use fewer workers or fewer "
+                        "resources per worker, or --set scale.allow_pending=true on an autoscaling cluster")
+
+
+def build_trainer(cfg: PretrainConfig, gpus: float, relay=None, callbacks: tuple = (), log_file: bool = False):
+    """The TorchTrainer of one pre-training run: `cfg.scale.workers` workers running _worker_loop,
+    Ray Train storage under cfg.out (run name RUN_NAME, so fit() again with the same cfg.out
+    resumes from the newest checkpoint), 2 checkpoints kept, scale.max_failures group restarts.
+    relay: a TrainRelay the driver polls for rank 0's messages and progress; without one, rank 0's
+    messages go to cfg.out/log.txt (log_file) or are printed. callbacks: Ray Train UserCallbacks
+    (a Tune trial passes TuneReportCallback)."""
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    storage_path, storage_fs = train_storage(cfg.out)
+    _, resources = worker_resources(replace(cfg, scale=replace(cfg.scale, gpus_per_worker=gpus)))
+    return TorchTrainer(
+        _worker_loop,
+        train_loop_config={"cfg": asdict(cfg), "threads": cfg.scale.cpus_per_worker, "relay": relay,
+                           "log_file": log_file, "verbose": verbose()},
+        scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
+                             failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             logging_config=LoggingConfig(log_level=train_log_level()),
+                             callbacks=list(callbacks) or None))
+
+
+def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool = False,
+                 log=print) -> PretrainResult:
     from cion_ray.pretrain.data import absolute
     from cion_ray.pretrain.export import write_exports
 
@@ -291,37 +356,16 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     cfg = _check_inputs(cfg)
     runs.check_run_folder(cfg.out, RUN_FILE, cfg.fingerprint(), resume, "pre-training")  # before Ray starts
     ensure_ray(address)
-    gpus = cfg.scale.gpus_per_worker
-    if gpus < 0:
-        gpus = 1.0 if cluster_gpus() >= 1 else 0.0
-    resources = {"CPU": cfg.scale.cpus_per_worker}
-    if gpus > 0:
-        resources["GPU"] = gpus
-    have = ray.cluster_resources()
-    need = {"CPU": cfg.scale.cpus_per_worker * cfg.scale.workers, "GPU": gpus * cfg.scale.workers}
-    short = [f"{need[r]:g} {r}s (the cluster has {have.get(r, 0):g})" for r in need if need[r] > have.get(r, 0)]
-    if short and not cfg.scale.allow_pending:
-        raise CionError(f"{cfg.scale.workers} workers need {' and '.join(short)}; use fewer workers or fewer "
-                        "resources per worker, or --set scale.allow_pending=true on an autoscaling cluster")
+    gpus, _ = worker_resources(cfg)
+    check_cluster(cfg, gpus)
     resuming = runs.claim_run_folder(cfg.out, RUN_FILE, cfg.fingerprint(), asdict(cfg), resume, "pre-training")
 
-    storage_path, storage_fs = train_storage(cfg.out)
-    from ray.train import LoggingConfig
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # beside the driver: it outlives any worker node the run loses
     relay = TrainRelay.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
         ray.get_runtime_context().get_node_id(), soft=True)).remote()
-    trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"cfg": asdict(cfg), "threads": cfg.scale.cpus_per_worker, "relay": relay,
-                           "verbose": verbose()},
-        scaling_config=ScalingConfig(num_workers=cfg.scale.workers, use_gpu=gpus > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(name=RUN_NAME, storage_path=storage_path, storage_filesystem=storage_fs,
-                             failure_config=FailureConfig(max_failures=cfg.scale.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             logging_config=LoggingConfig(log_level=train_log_level())))
+    trainer = build_trainer(cfg, gpus, relay=relay)
     t0 = time.perf_counter()
     log(f"pre-training {cfg.model.arch} on {cfg.data}: {cfg.scale.workers} worker(s), "
         f"{'GPU' if gpus > 0 else 'CPU'}, {cfg.optim.epochs} epochs -> {cfg.out}")
