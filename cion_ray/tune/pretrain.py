@@ -256,6 +256,7 @@ def curves_png(rows: list[TrialRow], metric: str, best: TrialRow, epochs: int) -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (matplotlib.ticker below)
 
     fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
     for i, r in enumerate(rows):
@@ -269,6 +270,7 @@ def curves_png(rows: list[TrialRow], metric: str, best: TrialRow, epochs: int) -
             ax.plot([v[-1][0]], [v[-1][1]], "x", color=f"C{i % 10}", ms=9, mew=2)
     ax.set(title=f"{metric} per trial (x: stopped early by ASHA)", xlabel="epoch", ylabel=metric,
            xlim=(0.5, epochs + 0.5))
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if len(rows) <= 20:
         ax.legend(fontsize=8, ncol=2)

@@ -138,10 +138,13 @@ def summary(r) -> str:
         counts[key] = counts.get(key, 0) + 1
     b = r.best
     value = b.last(m) if b.status == "completed" else b.best(m, r.mode)[1]
+    import textwrap
+
     params = "  ".join(f"{k} {_fmt(v)}" for k, v in b.params.items())
     lines = [f"searched in {r.seconds:.0f}s: {len(r.rows)} trials, "
              + ", ".join(f"{n} {k}" for k, n in counts.items()),
-             f"  best:     trial {b.number} ({b.trial_id}), {m} {value:.4f}: {params}"]
+             f"  best:     trial {b.number} ({b.trial_id}), {m} {value:.4f}"]
+    lines += textwrap.wrap(params, 110, initial_indent=" " * 12, subsequent_indent=" " * 12)
     base = next((row for row in r.rows if row.base), None)
     if base is not None and base is not b:
         bv = base.last(m) if base.status == "completed" else None
