@@ -214,6 +214,10 @@ def run_search(plan: SearchPlan, address: str | None = None, log: Callable[[str]
     resumed = claim_search(plan, base)
     epochs = base.optim.epochs
 
+    import logging
+
+    # the base config's values are the first trial even where they lie outside the searched range
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's own tables off (verbose 0): our lines instead
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")  # experiment state saved often: a resume loses little
     trainable = tune.with_resources(tune.with_parameters(_trial, base=asdict(base), root=plan.out, gpus=gpus),
