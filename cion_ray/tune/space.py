@@ -184,12 +184,6 @@ def check_space(spec: SearchSpec, base) -> None:
                 raise ConfigError(msg if msg.startswith(where) else f"{where}: {msg}") from None
 
 
-def to_tune(spec: SearchSpec):  # TRANSITIONAL: removed once every caller imports the runtime's
-    from cion_ray.runtime.tune_space import to_tune as runtime_to_tune
-
-    return runtime_to_tune(spec)
-
-
 def params_yaml(base, params: dict[str, Any], header: str = "", drop: tuple[str, ...] = ()) -> str:
     """The whole config with `params` applied, as the YAML a stage's --config accepts; the
     top-level keys in `drop` (the output folder, the data: the command line gives them) left out."""
