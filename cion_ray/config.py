@@ -134,6 +134,16 @@ def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
 
 
+def plain(v):
+    """Nested dicts, lists and scalars only (tuples become lists): what yaml.safe_dump writes as a
+    config file would."""
+    if isinstance(v, dict):
+        return {k: plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    return v
+
+
 def set_path(data: dict, key: str, value: Any) -> dict:
     """A copy of nested dict `data` with dotted `key` set to `value`."""
     out = dict(data)

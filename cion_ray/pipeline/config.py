@@ -18,7 +18,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from cion_ray.config import load_config, require
+from cion_ray.config import load_config, plain, require
 from cion_ray.curation.config import CurateConfig
 from cion_ray.errors import ConfigError
 from cion_ray.evaluate.pipeline import EvaluateConfig
@@ -155,15 +155,7 @@ def to_yaml(cfg: PipelineConfig) -> str:
     """The resolved config as YAML: every key, defaults included (what ran, to re-run it)."""
     import yaml
 
-    return yaml.safe_dump(_plain(asdict(cfg)), sort_keys=False, width=110)
-
-
-def _plain(v):
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
+    return yaml.safe_dump(plain(asdict(cfg)), sort_keys=False, width=110)
 
 
 __all__ = ["PipelineConfig", "STAGES", "load_pipeline", "check", "stage_configs", "curated_out", "round_configs",

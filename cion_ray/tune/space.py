@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from cion_ray.config import _field_types, from_dict, set_path, suggest, to_dict
+from cion_ray.config import _field_types, from_dict, plain, set_path, suggest, to_dict
 from cion_ray.errors import ConfigError
 
 DISTRIBUTIONS = ("uniform", "loguniform", "randint", "choice", "grid")
@@ -189,13 +189,6 @@ def params_yaml(base, params: dict[str, Any], header: str = "", drop: tuple[str,
     top-level keys in `drop` (the output folder, the data: the command line gives them) left out."""
     cfg = apply_params(base, params)
     data = {k: v for k, v in to_dict(cfg).items() if k not in drop}
-    text = yaml.safe_dump(_plain(data), sort_keys=False)
+    text = yaml.safe_dump(plain(data), sort_keys=False)
     return (header if header.endswith("\n") or not header else header + "\n") + text
 
-
-def _plain(v):
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    return v
