@@ -37,10 +37,11 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 
-def add_run_args(s: argparse.ArgumentParser, config_class: str, set_help: str = "override a config field") -> None:
+def add_run_args(s: argparse.ArgumentParser, config_class: str, set_help: str = "override a config field",
+                 config_help: str = "") -> None:
     """--address, --config and --set, as every Ray stage takes them."""
     s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--config", help=f"YAML file with {config_class} fields")
+    s.add_argument("--config", help=config_help or f"YAML file with {config_class} fields")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
 
 def add_track_args(s: argparse.ArgumentParser) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from cion_ray.cli import add_run_args
 from cion_ray.errors import CionError
 
 
@@ -16,7 +17,6 @@ def add_args(s: argparse.ArgumentParser) -> None:
                                                       "bounding_box_train/ with --finetune)")
     s.add_argument("--out", required=True, help="study folder (local, or shared by every node): runs/<arch>/f<fraction>/, "
                                                 "scale.csv, scale.md, scale.png")
-    s.add_argument("--config", help="pre-training profile (YAML with PretrainConfig fields), e.g. configs/small.yaml")
     s.add_argument("--fractions", default="0.1,0.25,0.5,1",
                    help="fractions of the curated identities, nested (same seed), each in (0, 1] (default 0.1,0.25,0.5,1)")
     s.add_argument("--arch", help="comma-separated backbones, one line each on the plot (default: the profile's)")
@@ -26,9 +26,8 @@ def add_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--finetune-steps", type=int, default=200, help="iterations of that fine-tuning (default 200)")
     s.add_argument("--max-parallel", type=int, default=0,
                    help="runs at once at most (default: as many as the cluster's CPUs / GPUs hold)")
-    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the pre-training config, e.g. --set optim.epochs=4")
+    add_run_args(s, "PretrainConfig", "override a field of the pre-training config, e.g. --set optim.epochs=4",
+                 config_help="pre-training profile (YAML with PretrainConfig fields), e.g. configs/small.yaml")
 
 
 def spec_from_args(args: argparse.Namespace):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cion_ray.cli import add_run_args
 from cion_ray.errors import CionError
 
 SPACE_FILE = "configs/tune-curate.yaml"
@@ -24,9 +25,8 @@ def add_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--embedder", help="handcrafted (no weights), timm:NAME (with --weights) or cion:RUN")
     s.add_argument("--weights", help="embedder checkpoint: path or s3:// URI")
     s.add_argument("--seed", type=int, default=0, help="seed of the random search")
-    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--config", help="YAML file with CurateConfig fields: the base the search starts from")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a base config field")
+    add_run_args(s, "CurateConfig", "override a base config field",
+                 config_help="YAML file with CurateConfig fields: the base the search starts from")
 
 
 def default_space() -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cion_ray.cli import add_run_args
 from cion_ray.errors import ConfigError
 
 # metrics the loop reports every epoch (loss and its parts, throughput): a search may use them
@@ -48,10 +49,8 @@ def add_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--reduction-factor", type=int, help="ASHA keeps the best 1/N at each rung (default 2)")
     s.add_argument("--max-concurrent", type=int, help="trials at once (default: as many as the cluster fits)")
     s.add_argument("--no-base", action="store_true", help="do not run the base config's values as a trial")
-    s.add_argument("--address", help="Ray address (default: $RAY_ADDRESS, else a local instance)")
-    s.add_argument("--config", help="base pre-training YAML (PretrainConfig fields), e.g. configs/small.yaml")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a base config field, e.g. --set optim.iters_per_epoch=10")
+    add_run_args(s, "PretrainConfig", "override a base config field, e.g. --set optim.iters_per_epoch=10",
+                 config_help="base pre-training YAML (PretrainConfig fields), e.g. configs/small.yaml")
 
 
 def available_metrics(cfg) -> tuple[str, ...]:
