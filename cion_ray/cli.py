@@ -114,7 +114,16 @@ def add_curate_args(s: argparse.ArgumentParser) -> None:
     s.add_argument("--min-images", type=int, help="images an identity needs to be kept (L3)")
     s.add_argument("--actors", type=int, help="embedding actors")
     s.add_argument("--gpus-per-actor", type=float, help="GPUs per embedding actor (default: 1 for timm with GPUs)")
-    s.add_argument("--no-export", action="store_true", help="skip the CION-AL images and the Market-1501 folder")
+    s.add_argument("--no-export", action="store_true",
+                   help="write no exports (no CION-AL JSON and images, no Market-1501 folder, no WebDataset shards)")
+    s.add_argument("--no-market", action="store_true",
+                   help="skip the Market-1501 folder (it is skipped anyway, with a note, above 9999 identities)")
+    s.add_argument("--market-test-fraction", type=float, metavar="F",
+                   help="hold out this fraction of the identities (seeded: --set export.market_seed=N) for the "
+                        "Market query/ and bounding_box_test/ folders")
+    s.add_argument("--webdataset", action="store_true",
+                   help="also write WebDataset tar shards (exports/<run>/webdataset/shard-*.tar + index.json)")
+    s.add_argument("--export-writers", type=int, metavar="N", help="actors writing the export files (default: one per CPU)")
     s.add_argument("--overwrite", action="store_true", help="discard what is in --out first")
     add_run_args(s, "CurateConfig")
 
@@ -129,6 +138,9 @@ def curate_config_from_args(args: argparse.Namespace):
               "link.stride": args.stride, "link.k": args.k, "denoise.min_len": args.min_len,
               "link.min_images": args.min_images, "pool.actors": args.actors,
               "pool.gpus_per_actor": args.gpus_per_actor, "export_market": False if args.no_export else None,
+              "export.market": False if args.no_market else None,
+              "export.market_test_fraction": args.market_test_fraction,
+              "export.webdataset": True if args.webdataset else None, "export.writers": args.export_writers,
               "calibrate.enabled": False if args.no_calibrate or args.thresholds else None}
     if args.weights and not args.embedder:
         raise ConfigError("--weights needs --embedder timm:NAME")

@@ -119,6 +119,36 @@ class PoolConfig:
                               f"{self.cpus_per_actor}")
 
 
+@dataclass
+class ExportConfig:
+    """What the curation exports beside its identities Parquet (cion_ray.curation.export), when
+    `export_market` (the switch of every export, `--no-export`) is on."""
+
+    cion_al: bool = True  # CION-AL JSON + images, at any number of identities
+    market: bool = True  # Market-1501 folder, when the identities fit its names (<= 9999; else skipped with a note)
+    market_test_fraction: float = 0.0  # identities held out of bounding_box_train for query/ and bounding_box_test/
+    market_seed: int = 0  # seed of the held-out identities' choice
+    webdataset: bool = False  # WebDataset tar shards (webdataset/shard-*.tar + index.json)
+    shard_size: int = 1000  # crops read per export piece: one WebDataset shard holds the kept ones
+    writers: int = 0  # export actors writing files in parallel; 0: one per cluster CPU
+
+    def __post_init__(self):
+        require(0 <= self.market_test_fraction < 1, "export.market_test_fraction", "in [0, 1)",
+                self.market_test_fraction)
+        require(self.shard_size >= 1, "export.shard_size", ">= 1", self.shard_size)
+        require(self.writers >= 0, "export.writers", ">= 0 (0: one per cluster CPU)", self.writers)
+
+    def key(self) -> dict:
+        """The settings that change what is exported (not how many actors write it)."""
+        d = asdict(self)
+        d.pop("writers")
+        if not self.webdataset:
+            d.pop("shard_size")
+        if not self.market or not self.market_test_fraction:
+            d.pop("market_seed")
+        return d
+
+
 TIMM_PREPROCESS = "pil-bicubic/1"
 _IDENTITIES: dict[str, dict] = {}
 
@@ -147,7 +177,10 @@ class CurateConfig:
     link: LinkConfig = field(default_factory=LinkConfig)  # L3: across videos, in sliding ranges
     calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)  # thresholds from the data's own distances
     pool: PoolConfig = field(default_factory=PoolConfig)  # the embedding actor pool
-    export_market: bool = True  # also write the CION-AL images and a Market-1501 folder
+    # every export on or off (`--no-export`); the name is kept for existing configs: it switches the
+    # CION-AL export too, and `export` says which exports (the Market one only when it fits)
+    export_market: bool = True
+    export: ExportConfig = field(default_factory=ExportConfig)  # which exports, and the actors writing them
 
     def embed_fingerprint(self) -> str:
         d = asdict(self.embed)
@@ -161,6 +194,16 @@ class CurateConfig:
             # place is another embedder, and embeddings cached with the old one must not be reused
             d["checkpoint"] = checkpoint_identity(self.embed.embedder[5:])
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+    def export_key(self, market_naming: str) -> tuple:
+        """What of the export settings a committed curation's `inputs` key holds (not the
+        fingerprint: another export choice re-runs the export only, on every cache). With exports
+        off it is what it always was, (False,), so such an output stays current; with them on it
+        names the Market naming scheme and the export settings, so an output exported the old way
+        (every crop c1) is exported again rather than served as this run's result."""
+        if not self.export_market:
+            return (False,)
+        return (True, market_naming, self.export.key())
 
     def fingerprint(self) -> str:
         d = {"embed": self.embed_fingerprint(), "denoise": asdict(self.denoise),

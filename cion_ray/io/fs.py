@@ -9,6 +9,7 @@ creates a bucket (`_S3FileSystem`); a storage failure becomes a one-line
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -229,6 +230,39 @@ def write_bytes_atomic(uri: str | Path, data: bytes) -> None:
         os.replace(tmp, path)
     except Exception as e:  # OSError locally; s3fs / botocore errors remotely
         raise storage_error(uri, e, "cannot write") from None
+
+
+@contextlib.contextmanager
+def open_output_atomic(uri: str | Path):
+    """A binary stream whose content appears at `uri` whole, once the block ends without an
+    error: a local file is written beside then renamed; an S3 upload becomes visible only when
+    it completes (a failed one is aborted)."""
+    fs, path = get_fs(uri)
+    if is_remote(str(uri)):
+        try:
+            f = fs.open(path, "wb")
+        except Exception as e:
+            raise storage_error(uri, e, "cannot write") from None
+        try:
+            yield f
+        except BaseException:
+            if hasattr(f, "discard"):  # fsspec's buffered files: abort the multipart upload
+                f.discard()
+            raise
+        try:
+            f.close()
+        except Exception as e:
+            raise storage_error(uri, e, "cannot write") from None
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_name(f".{Path(path).name}.partial")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
 
 
 def write_json(uri: str | Path, obj) -> None:

@@ -4,7 +4,8 @@
   embeddings --(groupby video: L1 + L2)--> <out>/videos/<video>.npz              [per video, cached]
   identity sums --(one Ray task per sliding range)--> relations                  [per range, cached by content]
   relations --(union-find tree, anti-chaining guard, size filter on the driver)--> global identities
-  crops --(Ray Data)--> identities Parquet, CION-AL JSON + images, Market-1501 folder; report; contact sheet
+  crops --(export actor pool, one task per row group)--> identities Parquet; CION-AL images, Market-1501
+      folder, WebDataset shards (cion_ray.curation.export); the CION-AL JSON streamed; report; contact sheet
 
 Every cache is keyed by the content it was computed from (`cion_ray.io.stage.content_key`): a
 video's embeddings by its crops' digest (from the tracking manifest) and the embedder; its L1/L2
@@ -27,7 +28,6 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 from ray.data.expressions import col
 
@@ -35,7 +35,9 @@ from cion_ray.config import from_dict
 from cion_ray.curation.config import CurateConfig
 from cion_ray.curation.core import (IdentityTable, VideoCrops, VideoLevels, check_unique, clean_features,
                                     denoise_video_levels, range_relations, reduce_identities)
-from cion_ray.curation.export import cion_al_path, market_path
+from cion_ray.curation.export import (MARKET_NAMING, WDS_INDEX, CropLabeler, ExportPlan, crops_row_groups,
+                                      export_plan, export_task, finish_export, plan_pieces, write_cion_al)
+from cion_ray.curation.sheet import write_sheet
 from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
 from cion_ray.linking.ranges import range_key, sliding_ranges
 from cion_ray.curation.report import build_report, report_text
@@ -45,12 +47,10 @@ from cion_ray.curation.store import (distances_uri, load_distances, load_levels,
 from cion_ray.embed.timm_embedder import build_embedder
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs, stage
-from cion_ray.io.crops import read_crop_images
 from cion_ray.io.schemas import IDENTITIES, embeddings_schema
 from cion_ray.progress import Progress
 from cion_ray.runtime.session import PolledProgress, cluster_cpus, cluster_gpus, ensure_ray, fit_actor_cpus
 from cion_ray.viz.calibration import calibration_png
-from cion_ray.viz.sheet import contact_sheet, save_png
 
 STAGE = "curate"
 EMBED_STAGE = "embed"
@@ -167,47 +167,56 @@ def _ranges_task(centroids: np.ndarray, video_pos: np.ndarray, spans: list[tuple
     return [range_relations(centroids[a:b], video_pos[a:b], 0, cfg) for a, b in spans]
 
 
-class LabelCrops:
-    """Crops -> identities rows (kept crops only); with export on, also writes their JPEGs."""
+class ExportActor:
+    """One export writer of the pool: a task (the pieces of one row group of a crops file) ->
+    its crops labelled, their files written (cion_ray.curation.export.export_task), its
+    identities rows returned."""
 
-    def __init__(self, export_root: str, level_uris: dict[str, str], identity_of: np.ndarray,
-                 offsets: dict[str, int], positions: dict[str, int], export: bool, counter=None):
-        self.root, self.uris, self.identity_of, self.offsets, self.positions, self.export = (
-            export_root, level_uris, identity_of, offsets, positions, export)
+    def __init__(self, tasks: list, labeler: CropLabeler, plan: ExportPlan | None, counter=None):
+        self.tasks, self.labeler, self.plan = tasks, labeler, plan
         self.counter = counter  # a ProgressCounter: crops labelled (and exported)
-        self.cache: dict[str, dict[str, int]] = {}
 
-    def _l2(self, vid: str) -> dict[str, int]:
-        if vid not in self.cache:
-            if len(self.cache) > 64:
-                self.cache.clear()
-            d = load_levels(self.uris[vid])
-            self.cache[vid] = dict(zip(d["crop_id"].tolist(), d["l2"].tolist()))
-        return self.cache[vid]
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        parts = []
+        for i in batch.column("task").to_pylist():
+            pieces = self.tasks[i]
+            parts.append(export_task(pieces, self.labeler, self.plan))
+            if self.counter is not None:
+                self.counter.add.remote(sum(p.stop - p.start for p in pieces))
+        return pa.concat_tables(parts)
 
-    def __call__(self, t: pa.Table) -> pa.Table:
-        vids = t.column("video_id").to_pylist()
-        cids = t.column("crop_id").to_pylist()
-        ident = np.full(len(cids), -1, np.int64)
-        for i, (v, c) in enumerate(zip(vids, cids)):
-            l2 = self._l2(v).get(c, -1) if v in self.offsets else -1
-            if l2 >= 0:
-                ident[i] = self.identity_of[self.offsets[v] + l2]
-        keep = ident >= 0
-        kept = t.filter(pa.array(keep))
-        if self.export and kept.num_rows:
-            frames = kept.column("frame").to_pylist()
-            tracks = kept.column("track_id").to_pylist()
-            crops = kept.column("crop").to_pylist()
-            for j, (v, f, tr, data, pid) in enumerate(zip(kept.column("video_id").to_pylist(), frames, tracks,
-                                                           crops, ident[keep].tolist())):
-                fs.write_bytes_atomic(fs.join(self.root, "cion_al", *cion_al_path(pid, v, f, tr).split("/")), data)
-                fs.write_bytes_atomic(fs.join(self.root, *market_path(pid + 1, self.positions[v], f, tr).split("/")),
-                                      data)
-        if self.counter is not None:
-            self.counter.add.remote(t.num_rows)
-        return pa.Table.from_arrays([kept.column("crop_id"), pa.array(ident[keep], pa.int64()),
-                                     kept.column("video_id"), kept.column("track_id")], schema=IDENTITIES)
+
+def export_writers(configured: int) -> int:
+    """The export pool's size: as configured, or one actor per CPU of the cluster."""
+    return configured if configured > 0 else max(1, int(cluster_cpus()))
+
+
+def label_and_export(crop_files: list[str], labeler: CropLabeler, plan: ExportPlan | None, id_dir: str,
+                     writers: int = 0, shard_size: int = 1000, total: int | None = None,
+                     log: Callable[[str], None] = _log) -> tuple[list[str], dict[int, int]]:
+    """Every crop labelled and exported by a pool of actors (`writers`, 0: one per cluster CPU),
+    one task per row group of the crops files; the kept crops' identities rows written to id_dir.
+    -> (identities files, {WebDataset shard: samples})."""
+    tasks = plan_pieces(crops_row_groups(crop_files), shard_size)
+    if not tasks:
+        return [], {}
+    n = min(export_writers(writers), len(tasks))
+    what = "labelling and exporting" if plan is not None and plan.images else "labelling"
+    with PolledProgress(Progress("curate/export", total, "crops", label=f"{what} ({n} actors)", log=log)) as pp:
+        ds = ray.data.from_items([{"task": i} for i in range(len(tasks))], override_num_blocks=len(tasks))
+        ds = ds.map_batches(ExportActor, batch_size=1, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=n), num_cpus=fit_actor_cpus(n, 1.0),
+                            fn_constructor_kwargs=dict(tasks=tasks, labeler=labeler, plan=plan, counter=pp.counter))
+        ds = ds.materialize()
+        shards: dict[int, int] = {}
+        if plan is not None and plan.webdataset:
+            for r in ds.groupby("shard").count().take_all():
+                if r["shard"] >= 0:
+                    shards[int(r["shard"])] = int(r["count()"])
+        out_fs, out_path = fs.arrow_fs(id_dir)
+        ds.select_columns(IDENTITIES.names).write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
+    files = fs.list_files(id_dir, (".parquet",)) if fs.exists(id_dir) else []
+    return files, shards
 
 
 @dataclass
@@ -480,45 +489,6 @@ def _save_npy(uri: str, arr: np.ndarray) -> None:
     fs.write_bytes_atomic(uri, buf.getvalue())
 
 
-def _sheet(uri: str, crop_files: list[str], levels: list[dict], final: list[np.ndarray],
-           rows: int = 10, cols: int = 8) -> None:
-    """A row of crops per identity (most videos first), mixing videos, captioned with the video."""
-    members: dict[int, list[tuple[str, str]]] = {}
-    for d, lab in zip(levels, final):
-        for cid, g in zip(d["crop_id"].tolist(), lab.tolist()):
-            if g >= 0:
-                members.setdefault(g, []).append((d["video_id"], cid))
-    order = sorted(members, key=lambda g: (-len({v for v, _ in members[g]}), g))[:rows]
-    picks: dict[int, list[tuple[str, str]]] = {}
-    for g in order:
-        by_video: dict[str, list[str]] = {}
-        for v, cid in members[g]:
-            by_video.setdefault(v, []).append(cid)
-        chosen = []
-        while len(chosen) < cols and any(by_video.values()):  # round-robin over videos
-            for v in sorted(by_video):
-                if by_video[v] and len(chosen) < cols:
-                    lst = by_video[v]
-                    chosen.append((v, lst.pop(len(lst) // 2)))
-        picks[g] = chosen
-    images = read_crop_images(crop_files, [cid for ch in picks.values() for _, cid in ch])
-    import cv2
-    sheet_rows = []
-    for g in order:
-        cells = []
-        for v, cid in picks[g]:
-            img = cv2.imdecode(np.frombuffer(images.get(cid, b""), np.uint8), cv2.IMREAD_COLOR)
-            cells.append((v, img[..., ::-1] if img is not None else np.zeros((128, 64, 3), np.uint8)))
-        n_videos = len({v for v, _ in members[g]})
-        sheet_rows.append((f"identity {g}\n{len(members[g])} crops\n{n_videos} videos", cells))
-    img = contact_sheet(sheet_rows, title="curated identities: each row should be one person across videos",
-                        max_cols=cols)
-    import tempfile
-    with tempfile.TemporaryDirectory() as d:
-        save_png(os.path.join(d, "sheet.png"), img)
-        fs.write_bytes_atomic(uri, open(os.path.join(d, "sheet.png"), "rb").read())
-
-
 def _check_inputs(cfg: CurateConfig) -> tuple[dict, list[str]]:
     if not cfg.crops or not cfg.out:
         raise CionError("curation needs the tracking output (--crops) and an output (--out)")
@@ -564,7 +534,7 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
     else:
         m = runs.empty_manifest(STAGE, cfg.fingerprint(), asdict(cfg))
     keys = content_keys(cfg, crops_m, videos)
-    inputs = stage.content_key(sorted(keys.levels.items()), cfg.fingerprint(), cfg.export_market)
+    inputs = stage.content_key(sorted(keys.levels.items()), cfg.fingerprint(), *cfg.export_key(MARKET_NAMING))
     if not overwrite and m.get("identities", {}).get("inputs") == inputs:
         current = _current(cfg, m, log)
         if current is not None:
@@ -601,9 +571,6 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
         kept = d["l2"] >= 0
         lab[kept] = identity_of[table.offsets[i] + d["l2"][kept]]
         final.append(lab)
-    if cfg.export_market and identity_of.max(initial=-1) + 1 > 9999:
-        raise CionError(f"{identity_of.max() + 1} identities: Market-1501 names hold at most 9999; "
-                        "curate with --no-market-export")
     link_counts = {"ranges": computed + reused, "ranges_reused": reused, "links": rstats.relations,
                    "components_split": rstats.components_split, "unions_refused": rstats.unions_refused,
                    "identities_dropped_small": small}
@@ -645,56 +612,43 @@ def _write_outputs(cfg: CurateConfig, run_id: str, keys: Keys, table: IdentityTa
                    log: Callable[[str], None] = _log, calibration: bytes | None = None) -> dict:
     """This run's identities Parquet, exports, report and contact sheet, all beside the committed
     ones (identities/run-<id>/, exports/<id>/). -> {"files", "records", "exports"} to publish."""
-    offsets = {v: int(table.offsets[i]) for i, v in enumerate(table.video_ids)}
-    positions = {v: i for i, v in enumerate(table.video_ids)}
-    export_rel = f"exports/{run_id}"
     export_root = fs.join(cfg.out, "exports", run_id)
     crop_files = runs.committed_files(cfg.crops, "track")
     id_dir = fs.join(cfg.out, "identities", f"run-{run_id}")
-    files: list[str] = []
-    if crop_files:
-        pa_fs, _ = fs.arrow_fs(crop_files[0])
-        cols = ["crop_id", "video_id", "track_id", "frame"] + (["crop"] if cfg.export_market else [])
-        ds = ray.data.read_parquet([fs.arrow_fs(f)[1] for f in crop_files], filesystem=pa_fs, columns=cols)
-        uris = {v: video_uri(cfg.out, v, keys.levels[v]) for v in table.video_ids}
-        what = "labelling and exporting" if cfg.export_market else "labelling"
-        with PolledProgress(Progress("curate/export", crops_total, "crops", label=what, log=log)) as pp:
-            ds = ds.map_batches(LabelCrops, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=1),
-                                num_cpus=fit_actor_cpus(1, 1.0),
-                                fn_constructor_kwargs=dict(export_root=export_root, level_uris=uris,
-                                                           identity_of=identity_of, offsets=offsets,
-                                                           positions=positions, export=cfg.export_market,
-                                                           counter=pp.counter))
-            out_fs, out_path = fs.arrow_fs(id_dir)
-            ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
-        files = fs.list_files(id_dir, (".parquet",)) if fs.exists(id_dir) else []
+    plan, notes = export_plan(cfg.export if cfg.export_market else None, export_root, list(table.video_ids), levels,
+                              final, int(identity_of.max(initial=-1)) + 1)
+    for n in notes:
+        log(f"note: {n}")
+    report["notes"] = list(report.get("notes", [])) + notes
+    labeler = CropLabeler({v: video_uri(cfg.out, v, keys.levels[v]) for v in table.video_ids}, identity_of,
+                          {v: int(table.offsets[i]) for i, v in enumerate(table.video_ids)})
+    files, shards = label_and_export(crop_files, labeler, plan, id_dir, cfg.export.writers, cfg.export.shard_size,
+                                     crops_total, log)
     records = stage.file_records(cfg.out, files)
     if sum(r["rows"] for r in records) != report["counts"]["samples_out"]:
         raise CionError(f"{id_dir}: {sum(r['rows'] for r in records)} identity rows written, "
                         f"{report['counts']['samples_out']} expected; nothing was committed")
-    if cfg.export_market:
-        entries = []
-        for f in files:
-            ofs, p = fs.arrow_fs(f)
-            t = pq.read_table(p, filesystem=ofs)
-            for cid, pid in zip(t.column("crop_id").to_pylist(), t.column("identity").to_pylist()):
-                vid, frame, track = cid.split("/")
-                entries.append({"file_path": "cion_al/" + cion_al_path(pid, vid, int(frame), int(track)), "id": pid})
-        entries.sort(key=lambda e: (e["id"], e["file_path"]))
-        fs.write_json(fs.join(export_root, "cion_al.json"), entries)
+    if plan is not None:
+        finish_export(plan, files, shards)
     fs.write_json(fs.join(export_root, "report.json"), report)
     fs.write_bytes_atomic(fs.join(export_root, "report.txt"), report_text(report).encode())
     if calibration:
         fs.write_bytes_atomic(fs.join(export_root, "calibration.png"), calibration)
     if report["counts"]["samples_out"]:
         _sheet(fs.join(export_root, "sheet.png"), crop_files, levels, final)
-    return {"files": [stage.relative(cfg.out, f) for f in files], "records": records, "exports": export_rel}
+    return {"files": [stage.relative(cfg.out, f) for f in files], "records": records,
+            "exports": f"exports/{run_id}"}
+
+
+def _sheet(uri: str, crop_files: list[str], levels: list[dict], final: list[np.ndarray]) -> None:
+    write_sheet(uri, crop_files, levels, final)
 
 
 def _publish_views(out: str, m: dict) -> None:
     """After the commit: the committed run's report, sheet and CION-AL JSON at the top of `out`
-    (the JSON's paths lead into exports/<run>/), and locally `out/market` pointing at its Market
-    export. Each is one atomic write; any of them can be redone from the manifest."""
+    (the JSON's paths lead into exports/<run>/; streamed from the committed identities), and
+    locally `out/market` pointing at its Market export. Each is one atomic write; any of them can
+    be redone from the manifest."""
     root = fs.join(out, m["exports"])
     for name in ("report.json", "report.txt", "sheet.png", "calibration.png"):
         uri = fs.join(root, name)
@@ -702,16 +656,17 @@ def _publish_views(out: str, m: dict) -> None:
             fs.write_bytes_atomic(fs.join(out, name), fs.read_bytes(uri))
         else:
             fs.remove_tree(fs.join(out, name))
-    js = fs.join(root, "cion_al.json")
-    if fs.exists(js):
-        entries = [{"file_path": f"{m['exports']}/{e['file_path']}", "id": e["id"]} for e in fs.read_json(js)]
-        fs.write_json(fs.join(out, "cion_al.json"), entries)
-        if not fs.is_remote(out):
-            stage.publish_link(out, "market", f"{m['exports']}/market")
+    if fs.exists(fs.join(root, "cion_al.json")):
+        write_cion_al(fs.join(out, "cion_al.json"), [fs.join(out, f) for f in m["identities"]["files"]],
+                      prefix=f"{m['exports']}/")
     else:
         fs.remove_tree(fs.join(out, "cion_al.json"))
-        if not fs.is_remote(out) and os.path.islink(fs.join(out, "market")):
-            os.unlink(fs.join(out, "market"))
+    if fs.is_remote(out):
+        return
+    if fs.exists(fs.join(root, "market")):
+        stage.publish_link(out, "market", f"{m['exports']}/market")
+    elif os.path.islink(fs.join(out, "market")):
+        os.unlink(fs.join(out, "market"))
 
 
 def _remove_previous(out: str, previous: dict, m: dict) -> None:
@@ -743,11 +698,19 @@ def _current(cfg: CurateConfig, m: dict, log) -> CurateResult | None:
 
 def export_paths(out: str, m: dict) -> list[str]:
     """The exports of the committed curation in `out`, as a user reaches them."""
+    if not m.get("exports"):
+        return []
+    root = fs.join(out, m["exports"])
     paths = []
-    if fs.exists(fs.join(out, "cion_al.json")) and m.get("exports"):
+    if fs.exists(fs.join(out, "cion_al.json")):
         paths.append(fs.join(out, "cion_al.json"))
-        market = fs.join(out, "market") if not fs.is_remote(out) else fs.join(out, m["exports"], "market")
+    if fs.exists(fs.join(root, "market")):
+        market = fs.join(out, "market") if not fs.is_remote(out) else fs.join(root, "market")
         paths.append(fs.join(market, "bounding_box_train"))
+        if fs.exists(fs.join(root, "market", "query")):
+            paths += [fs.join(market, "query"), fs.join(market, "bounding_box_test")]
+    if fs.exists(fs.join(root, WDS_INDEX)):
+        paths.append(fs.join(root, WDS_INDEX))
     return paths
 
 

@@ -36,7 +36,7 @@ METRICS = ("f1", "precision", "recall", "nmi", "l2_f1", "l1_f1")
 DEFAULT_METRIC = "f1"
 # what a trial cannot change: the data, the embeddings (computed once), calibration (off in trials)
 # and the resources of the embedding pool
-FIXED_PREFIXES = ("crops", "out", "gt", "export_market", "embed.", "pool.", "calibrate.", "link.use_gpu")
+FIXED_PREFIXES = ("crops", "out", "gt", "export_market", "export.", "embed.", "pool.", "calibrate.", "link.use_gpu")
 
 
 def fixed_keys() -> tuple[str, ...]:
