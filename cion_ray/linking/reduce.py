@@ -11,6 +11,7 @@ what an identity's embedding means everywhere else; the check and the rebuild bo
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +26,10 @@ class ReduceStats:
     components_checked: int
     components_split: int
     unions_refused: int
+    guard_seconds: float = 0.0  # time spent rebuilding components (the anti-chaining guard)
+    largest_component: int = 0  # members of the largest component before the guard
+    largest_rebuilt: int = 0  # members of the largest component the guard rebuilt
+    largest_rebuild_seconds: float = 0.0  # time the guard spent rebuilding that one
 
 
 def violating_components(labels: np.ndarray, videos: np.ndarray, sums: np.ndarray, cent: np.ndarray,
@@ -90,6 +95,7 @@ def reduce_relations(uf: UnionFind, relations: np.ndarray, videos: np.ndarray, s
     bad = violating_components(comp, videos, sums, cent, drift)
     checked = int((np.bincount(comp) > 1).sum()) if n else 0
     refused = 0
+    guard, largest, largest_s = 0.0, 0, 0.0
     if len(bad):
         rel_comp = comp[relations[:, 0].astype(np.int64)] if len(relations) else np.zeros(0, np.int64)
         order = np.argsort(comp, kind="stable")
@@ -98,14 +104,21 @@ def reduce_relations(uf: UnionFind, relations: np.ndarray, videos: np.ndarray, s
         rel_order = np.argsort(rel_comp, kind="stable")
         rel_sorted, rel_keys = relations[rel_order], rel_comp[rel_order]
         for c, s, e in zip(bad, starts, ends):
+            t0 = time.perf_counter()
             members = order[s:e]
             lo, hi = np.searchsorted(rel_keys, c), np.searchsorted(rel_keys, c, side="right")
             mapping, ref = constrained_components(members, rel_sorted[lo:hi], videos, sums, cent, drift)
             refused += ref
             for m, root in mapping.items():
                 labels[m] = root
+            dt = time.perf_counter() - t0
+            guard += dt
+            if e - s > largest:
+                largest, largest_s = int(e - s), dt
     # name each component by its smallest member, so labels do not depend on union order
     smallest = np.full(n, n, np.int64)
     np.minimum.at(smallest, labels, np.arange(n))
     _, compact = np.unique(smallest[labels], return_inverse=True)
-    return compact.astype(np.int64), ReduceStats(len(relations), checked, len(bad), refused)
+    biggest = int(np.bincount(comp).max()) if n else 0
+    return compact.astype(np.int64), ReduceStats(len(relations), checked, len(bad), refused, guard, biggest,
+                                                 largest, largest_s)
