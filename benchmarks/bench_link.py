@@ -91,6 +91,34 @@ def sample_prf(person: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> di
     return pairwise_prf(np.repeat(person, counts), np.repeat(labels, counts))
 
 
+def tight_component(m: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The guard's worst case: m views of one person (cosine ~0.0002 from their centroid), each in
+    its own video but the last in the first's video (so the whole component is rebuilt), linked
+    to the next and to 2m random others. -> (relations (r, 3), videos (m,), sums (m, D))."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(DIM)
+    x = x / np.linalg.norm(x) + 0.02 * rng.standard_normal((m, DIM)) / np.sqrt(DIM)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    videos = np.arange(m)
+    videos[-1] = 0
+    pairs = np.concatenate([np.stack([np.arange(m - 1), np.arange(1, m)], 1), rng.integers(0, m, (2 * m, 2))])
+    pairs = pairs[pairs[:, 0] < pairs[:, 1]]
+    rel = np.stack([pairs[:, 0], pairs[:, 1], 1.0 - (x[pairs[:, 0]] * x[pairs[:, 1]]).sum(1)], 1)
+    return rel, videos, x * 10
+
+
+def guard_stress(sizes: str, drift: float) -> str:
+    from cion_ray.linking.reduce import reduce_relations
+    from cion_ray.linking.union_find import UnionFind
+    md = "| component size | relations | guard on it (s) | unions refused |\n|---|---|---|---|\n"
+    for m in [int(x) for x in sizes.split(",")]:
+        rel, videos, sums = tight_component(m)
+        _, st = reduce_relations(UnionFind(m).union_many(rel[:, :2]), rel, videos, sums, drift)
+        print(f"guard stress: a tight component of {m}: {st.largest_rebuild_seconds:.2f} s", flush=True)
+        md += f"| {m} | {len(rel)} | {st.largest_rebuild_seconds:.2f} | {st.unions_refused} |\n"
+    return md
+
+
 def realistic(args) -> int:
     from link_corpus import PER_VIDEO as PV, SPREAD, calibrate_sigma, make_realistic, nearest_other_video_precision
     base = LinkConfig()
@@ -138,6 +166,10 @@ def realistic(args) -> int:
             f"ranges as Ray tasks on a local 2-CPU Ray. F1 / P / R: pairwise over samples against the ground "
             f"truth. Guard: time rebuilding the components that break a rule; 'guard on it': its time on the "
             f"largest component it rebuilt; 'largest component': before the guard.\n\n{md}")
+    if args.stress:
+        body += (f"\n**The guard's worst case** (`tight_component`: one person's views, D = {DIM}, one cannot-link "
+                 f"violation, so the whole component is rebuilt; drift {link.drift}):\n\n"
+                 + guard_stress(args.stress, link.drift))
     append_results("bench_link: linking quality and the anti-chaining guard on a realistic corpus", body)
     return 0
 
@@ -203,6 +235,7 @@ def main() -> int:
     p.add_argument("--lookalike", type=float, default=0.3, help="realistic: look-alikes' distance to their group "
                    "centre, as a fraction of the spread between people")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stress", default="", help="realistic: also time the guard on tight components of these sizes")
     p.add_argument("--sizes", default="10000,100000,500000,1000000", help="separable: corpus sizes")
     p.add_argument("--compare-size", type=int, default=100_000, help="separable: sliding vs all pairs")
     p.add_argument("--window", type=int, default=None, help="default: curate's (realistic), 8 (separable)")
