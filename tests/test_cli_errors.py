@@ -48,6 +48,8 @@ CASES = [
     ("curate", ["--k", "0"], "link.k"),
     ("curate", ["--min-len", "0"], "denoise.min_len"),
     ("curate", ["--min-images", "0"], "link.min_images"),
+    ("curate", ["--market-test-fraction", "1"], "export.market_test_fraction"),
+    ("curate", ["--export-writers", "-1"], "export.writers"),
     ("curate", ["--thresholds", "radius=0"], "denoise.radius"),
     ("curate", ["--thresholds", "link=-1"], "link.threshold"),
     ("curate", ["--thresholds", "bogus=1"], "--thresholds"),

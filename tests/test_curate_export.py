@@ -13,6 +13,7 @@ from cion_ray.curation.config import ExportConfig
 from cion_ray.curation.export import CropLabeler, export_plan, finish_export
 from cion_ray.evaluate.datasets import load_market1501
 from cion_ray.io.market import parse_market_name
+from cion_ray.io.schemas import IDENTITIES
 from cion_ray.runtime.curate import label_and_export
 from cion_ray.synth.crop_tables import write_curated_crops
 
@@ -36,6 +37,7 @@ def test_more_than_9999_identities_export_cion_al_and_skip_market(tmp_path):
     plan, notes, files = _export(tmp_path, crops, ExportConfig())
     assert not plan.market and len(notes) == 1 and "10100 identities" in notes[0]
     t = pq.ParquetDataset(files).read()
+    assert t.schema.equals(IDENTITIES, check_metadata=False)
     assert dict(zip(t.column("crop_id").to_pylist(), t.column("identity").to_pylist())) == crops.expected
     root = tmp_path / "exports" / "r1"
     entries = json.loads((root / "cion_al.json").read_text())

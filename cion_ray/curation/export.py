@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 from cion_ray.curation.store import load_levels
 from cion_ray.errors import CionError
 from cion_ray.io import fs, runs
+from cion_ray.io.schemas import IDENTITIES
 
 MARKET_MAX_IDS = 9999
 # the Market names' camera/session scheme: /2 is camera = position % 9 + 1 (it was c1 with the
@@ -266,9 +267,10 @@ def export_piece(plan: ExportPlan | None, t: pa.Table, ident: np.ndarray, shard:
             samples.sort(key=lambda s: s[0])
             files.write(shard_name(shard), shard_bytes(samples))
             written = shard
-    return pa.table({"crop_id": kept.column("crop_id"), "identity": pa.array(ids, pa.int64()),
-                     "video_id": kept.column("video_id"), "track_id": kept.column("track_id"),
-                     "shard": pa.array(np.full(kept.num_rows, written, np.int64))})
+    cols = [kept.column("crop_id"), pa.array(ids, pa.int64()), kept.column("video_id"), kept.column("track_id")]
+    cols = [c.cast(f.type) for c, f in zip(cols, IDENTITIES)]
+    return pa.Table.from_arrays(cols + [pa.array(np.full(kept.num_rows, written, np.int64))],
+                                schema=IDENTITIES.append(pa.field("shard", pa.int64())))
 
 
 def read_piece(pieces: list[Piece], with_crops: bool) -> list[tuple[Piece, pa.Table]]:

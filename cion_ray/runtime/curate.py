@@ -186,6 +186,10 @@ class ExportActor:
         return pa.concat_tables(parts)
 
 
+def _identities_rows(t: pa.Table) -> pa.Table:
+    return t.select(IDENTITIES.names).cast(IDENTITIES)
+
+
 def export_writers(configured: int) -> int:
     """The export pool's size: as configured, or one actor per CPU of the cluster."""
     return configured if configured > 0 else max(1, int(cluster_cpus()))
@@ -214,7 +218,7 @@ def label_and_export(crop_files: list[str], labeler: CropLabeler, plan: ExportPl
                 if r["shard"] >= 0:
                     shards[int(r["shard"])] = int(r["count()"])
         out_fs, out_path = fs.arrow_fs(id_dir)
-        ds.select_columns(IDENTITIES.names).write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
+        ds.map_batches(_identities_rows, batch_format="pyarrow").write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
     files = fs.list_files(id_dir, (".parquet",)) if fs.exists(id_dir) else []
     return files, shards
 
