@@ -123,7 +123,8 @@ def add_curate_args(s: argparse.ArgumentParser) -> None:
                         "Market query/ and bounding_box_test/ folders")
     s.add_argument("--webdataset", action="store_true",
                    help="also write WebDataset tar shards (exports/<run>/webdataset/shard-*.tar + index.json)")
-    s.add_argument("--export-writers", type=int, metavar="N", help="actors writing the export files (default: one per CPU)")
+    s.add_argument("--export-writers", type=int, metavar="N",
+                   help="actors writing the export files (default: one per CPU)")
     s.add_argument("--overwrite", action="store_true", help="discard what is in --out first")
     add_run_args(s, "CurateConfig")
 

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from cion_ray.curation.config import CalibrateConfig, CurateConfig, EmbedConfig, LinkConfig, PoolConfig
+from cion_ray.curation.config import CalibrateConfig, CurateConfig, EmbedConfig, ExportConfig, LinkConfig, PoolConfig
 from cion_ray.errors import CionError
 from cion_ray.io import runs
 from cion_ray.io.market import parse_market_name
@@ -184,3 +184,39 @@ def test_bad_inputs(tiny_world, tmp_path):
     (crops / "_manifest.json").write_text(json.dumps(m))
     with pytest.raises(CionError, match="duplicate crop id"):
         run_curate(CurateConfig(crops=str(crops), out=str(tmp_path / "dup")), **QUIET)
+
+
+def test_an_interrupted_export_leaves_the_committed_one(curated, default_world, monkeypatch):
+    """A re-run with other export settings (WebDataset on, a held-out Market split) that dies
+    while writing its CION-AL JSON: the committed manifest, views and export stay whole and
+    readable, and nothing of the failed run is left."""
+    from cion_ray.curation import export as export_mod
+
+    root, _ = curated
+    out = root / "out"
+    cfg = CurateConfig(crops=str(root / "crops"), out=str(out), gt=str(default_world), pool=PoolConfig(actors=2))
+    before = run_curate(cfg, **QUIET)  # the committed default curation (current after the other tests)
+    manifest = (out / "_manifest.json").read_text()
+    entries = (out / "cion_al.json").read_text()
+    exports = sorted(p.name for p in (out / "exports").iterdir())
+    real = export_mod.write_cion_al_json
+
+    def dies(stream, table, chunk=65536):
+        real(stream, table.slice(0, table.num_rows // 2), chunk)  # half of it, then the failure
+        raise OSError("disk full")
+
+    monkeypatch.setattr(export_mod, "write_cion_al_json", dies)
+    changed = CurateConfig(**{**cfg.__dict__, "export": ExportConfig(webdataset=True, market_test_fraction=0.2)})
+    with pytest.raises(OSError, match="disk full"):
+        run_curate(changed, **QUIET)
+    assert (out / "_manifest.json").read_text() == manifest and (out / "cion_al.json").read_text() == entries
+    assert sorted(p.name for p in (out / "exports").iterdir()) == exports  # the failed run's folder is gone
+    assert not list(out.glob(".*partial"))
+    listed = json.loads(entries)
+    assert len(listed) == before.samples and all((out / e["file_path"]).is_file() for e in listed)
+    assert len(list((out / "market" / "bounding_box_train").glob("*.jpg"))) == before.samples
+    monkeypatch.undo()
+    after = run_curate(changed, **QUIET)  # the same run, not interrupted, is published whole
+    assert not after.current and (out / "market" / "query").is_dir()
+    assert any(p.endswith("webdataset/index.json") for p in after.exports)
+    assert sorted(p.name for p in (out / "exports").iterdir()) != exports and len(list((out / "exports").iterdir())) == 1

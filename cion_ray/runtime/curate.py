@@ -218,7 +218,8 @@ def label_and_export(crop_files: list[str], labeler: CropLabeler, plan: ExportPl
                 if r["shard"] >= 0:
                     shards[int(r["shard"])] = int(r["count()"])
         out_fs, out_path = fs.arrow_fs(id_dir)
-        ds.map_batches(_identities_rows, batch_format="pyarrow").write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
+        ds = ds.map_batches(_identities_rows, batch_format="pyarrow")
+        ds.write_parquet(out_path, filesystem=out_fs, min_rows_per_file=100_000)
     files = fs.list_files(id_dir, (".parquet",)) if fs.exists(id_dir) else []
     return files, shards
 
