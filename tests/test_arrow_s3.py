@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from cion_ray.errors import CionError
-from cion_ray.io import fs
+from cion_ray.io import fs, stage
 
 BUCKET = "cion-arrow"
 
@@ -66,6 +66,14 @@ def test_arrow_fs_create_dir_checks_the_bucket_and_writes_no_folder_markers(s3):
         missing.create_dir(mpath, recursive=True)
     assert "typo-arrow-bucket" not in {b["Name"] for b in s3.list_buckets()["Buckets"]}
 
+
+
+def test_folder_markers_are_not_listed_as_files(s3):
+    """pyarrow's copy_files (Ray Train's checkpoint upload) still writes "folder/" keys."""
+    for key in ("marked/", "marked/run/", "marked/run/a.parquet"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x" if key.endswith(".parquet") else b"")
+    assert fs.list_files(f"s3://{BUCKET}/marked") == [f"s3://{BUCKET}/marked/run/a.parquet"]
+    assert stage._listing(f"s3://{BUCKET}/marked") == {"run/a.parquet": 1}
 
 def test_missing_bucket_gives_the_same_clear_error_through_the_native_client(s3):
     uri = "s3://typo-arrow-write/out/x.parquet"
