@@ -4,7 +4,8 @@ A crops-like table (a binary column of ~8 KB incompressible JPEG-like bytes, plu
 metadata columns the crops Parquet files carry) is written to and read back from an S3 endpoint,
 by default a moto server started on loopback in its own process (so its Python threads do not
 share the client's GIL). Each operation is timed `--repeats` times per client; the medians are
-reported, next to a boto3 single-request PUT / GET of the same file as the endpoint's own floor.
+reported (wall time, and the client process's CPU time), next to a boto3 single-request PUT / GET
+of the same file as the endpoint's own floor, and the number of requests moto answered for one call.
 
     python benchmarks/bench_s3.py --mb 150 --repeats 5
 """
@@ -30,28 +31,38 @@ BUCKET = "bench-s3"
 META = ["crop_id", "video_id", "track_id", "frame", "x1", "y1", "x2", "y2"]
 
 
-def _serve(port: int) -> None:
+def _serve(port: int, requests) -> None:
+    """A moto server that counts the requests it answers into `requests` (a shared int)."""
     import logging
 
     from moto.server import ThreadedMotoServer
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    class Count(logging.Handler):
+        def emit(self, record):
+            with requests.get_lock():
+                requests.value += 1
 
+    log = logging.getLogger("werkzeug")  # one record per request answered
+    log.handlers, log.propagate = [Count()], False
+    log.setLevel(logging.INFO)
     ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False).start()
     while True:
         time.sleep(3600)
 
 
-def start_moto() -> tuple[mp.Process, str]:
+def start_moto():
+    """(process, endpoint URL, shared request counter)"""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = mp.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
+    ctx = mp.get_context("spawn")
+    requests = ctx.Value("q", 0)
+    proc = ctx.Process(target=_serve, args=(port, requests), daemon=True)
     proc.start()
     for _ in range(200):
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc, f"http://127.0.0.1:{port}"
+            return proc, f"http://127.0.0.1:{port}", requests
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("moto did not start")
@@ -74,13 +85,21 @@ def crops_table(total_mb: float, seed: int = 0) -> pa.Table:
                      "crop": crop.cast(pa.binary())})
 
 
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def timed(fn, repeats: int, requests=None, counts: list | None = None) -> tuple[float, float]:
+    """Medians of `repeats` calls: (wall seconds, this process's CPU seconds, all threads). With a
+    moto counter, one extra call's request count goes to `counts`."""
+    if requests is not None:
+        before = requests.value
         fn()
-        times.append(time.perf_counter() - t)
-    return median(times)
+        time.sleep(0.2)  # the server logs a request after answering it
+        counts.append(requests.value - before)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t, c = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t)
+        cpu.append(time.process_time() - c)
+    return median(wall), median(cpu)
 
 
 def main() -> None:
@@ -92,11 +111,11 @@ def main() -> None:
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
 
-    proc = None
+    proc = requests = None
     if args.endpoint:
         endpoint = args.endpoint
     else:
-        proc, endpoint = start_moto()
+        proc, endpoint, requests = start_moto()
         for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
                      "AWS_DEFAULT_REGION": "us-east-1"}.items():
             os.environ[k] = v
@@ -118,34 +137,41 @@ def main() -> None:
     native, path = fs.arrow_fs(uri)
     wrapped = pafs.PyFileSystem(pafs.FSSpecHandler(fs.get_fs(uri)[0]))  # what arrow_fs gave before
     clients = {"native S3FileSystem": native, "PyFileSystem(FSSpecHandler(s3fs))": wrapped}
-    results: dict[str, dict[str, float]] = {}
+    results: dict[str, dict[str, tuple[float, float]]] = {}
+    counts: dict[str, dict[str, int]] = {}
+    ops = {"write": lambda afs, key: pq.write_table(table, key, filesystem=afs, row_group_size=args.row_group),
+           "read all columns": lambda afs, key: pq.read_table(key, filesystem=afs),
+           "read metadata columns": lambda afs, key: pq.read_table(key, filesystem=afs, columns=META),
+           "read crop column": lambda afs, key: pq.read_table(key, filesystem=afs, columns=["crop_id", "crop"])}
     for name, afs in clients.items():
         key = path + "." + ("native" if afs is native else "wrapped")
-        r = results[name] = {}
-        r["write"] = timed(lambda: pq.write_table(table, key, filesystem=afs, row_group_size=args.row_group),
-                           args.repeats)
-        full = pq.read_table(key, filesystem=afs)
-        assert full.equals(table), f"{name}: read back differs"
-        r["read all columns"] = timed(lambda: pq.read_table(key, filesystem=afs), args.repeats)
-        r["read metadata columns"] = timed(lambda: pq.read_table(key, filesystem=afs, columns=META), args.repeats)
-        r["read crop column"] = timed(lambda: pq.read_table(key, filesystem=afs, columns=["crop_id", "crop"]),
-                                      args.repeats)
-        print(name, {k: round(v, 3) for k, v in r.items()}, flush=True)
+        r, c = results[name], counts[name] = {}, {}
+        for op, fn in ops.items():
+            n: list[int] = []
+            r[op] = timed(lambda: fn(afs, key), args.repeats, requests, n)
+            c[op] = n[0] if n else 0
+            if op == "write":
+                assert pq.read_table(key, filesystem=afs).equals(table), f"{name}: read back differs"
+        print(name, {k: (round(v[0], 3), round(v[1], 3)) for k, v in r.items()}, c, flush=True)
     obj = path.split("/", 1)[1] + ".native"
     size_mb = client.head_object(Bucket=BUCKET, Key=obj)["ContentLength"] / 2**20
     body = client.get_object(Bucket=BUCKET, Key=obj)["Body"].read()
-    floor = {"write": timed(lambda: client.put_object(Bucket=BUCKET, Key="bench/raw", Body=body), args.repeats),
-             "read all columns": timed(lambda: client.get_object(Bucket=BUCKET, Key=obj)["Body"].read(), args.repeats)}
+    floor = {"write": timed(lambda: client.put_object(Bucket=BUCKET, Key="bench/raw", Body=body), args.repeats)[0],
+             "read all columns": timed(lambda: client.get_object(Bucket=BUCKET, Key=obj)["Body"].read(),
+                                       args.repeats)[0]}
     if proc is not None:
         proc.kill()
 
-    ops = list(results["native S3FileSystem"])
     a, b = (results[n] for n in clients)
+    ca, cb = (counts[n] for n in clients)
     lines = ["| operation | native S3FileSystem (s) | PyFileSystem(FSSpecHandler(s3fs)) (s) | speed-up | "
-             "boto3 one-request floor (s) |", "|---|---:|---:|---:|---:|"]
+             "boto3 one-request floor (s) | client CPU native / s3fs (s) | requests native / s3fs |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for op in ops:
         fl = f"{floor[op]:.2f}" if op in floor else ""
-        lines.append(f"| {op} | {a[op]:.2f} | {b[op]:.2f} | {b[op] / a[op]:.2f}x | {fl} |")
+        req = f"{ca[op]} / {cb[op]}" if requests is not None else ""
+        lines.append(f"| {op} | {a[op][0]:.2f} | {b[op][0]:.2f} | {b[op][0] / a[op][0]:.2f}x | {fl} | "
+                     f"{a[op][1]:.2f} / {b[op][1]:.2f} | {req} |")
     body_md = (f"Endpoint: {'moto on loopback (own process)' if proc is not None else endpoint}. "
                f"File: {table.num_rows} rows, {size_mb:.0f} MiB in S3 ({file_mb:.0f} MiB in memory), "
                f"row groups of {args.row_group} rows; medians of {args.repeats} runs.\n\n" + "\n".join(lines) + "\n")
