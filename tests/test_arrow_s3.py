@@ -43,6 +43,7 @@ def test_arrow_fs_on_s3_is_native_and_round_trips_parquet(s3, s3_endpoint):
     settings = afs.__reduce__()[1][0]
     assert (settings["scheme"], settings["endpoint_override"]) == ("http", s3_endpoint.split("://", 1)[1])
     assert settings["allow_bucket_creation"] is False and settings["secret_key"] is None
+    assert settings["request_timeout"] == settings["connect_timeout"] == 60.0
     table = _crops(300)
     pq.write_table(table, path, filesystem=afs, row_group_size=64)
     assert pq.read_table(path, filesystem=afs).equals(table)
@@ -110,9 +111,12 @@ def test_arrow_s3_settings_follow_the_endpoint_url(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
     opts = fs._arrow_s3_options("b")
-    assert opts == {"scheme": "https", "endpoint_override": "objects.example.org:9000", "region": "eu-west-3"}
+    timeouts = {"connect_timeout": 60.0, "request_timeout": 60.0}  # botocore's, as s3fs has them
+    assert opts == {"scheme": "https", "endpoint_override": "objects.example.org:9000", "region": "eu-west-3",
+                    **timeouts}
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:9")  # the S3-specific one wins, as for s3fs
-    assert fs._arrow_s3_options("b") == {"scheme": "http", "endpoint_override": "127.0.0.1:9", "region": "eu-west-3"}
+    assert fs._arrow_s3_options("b") == {"scheme": "http", "endpoint_override": "127.0.0.1:9", "region": "eu-west-3",
+                                         **timeouts}
 
 
 def test_wrong_credentials_through_the_native_client_say_access_denied(monkeypatch):

@@ -187,7 +187,9 @@ def _arrow_s3_options(bucket: str) -> dict:
     the options, so none are pickled)."""
     import botocore.session
 
-    opts: dict = {}
+    # botocore's (so s3fs's) 60 s timeouts: the SDK's default gives up on a request that moves no
+    # byte for 3 s, which a busy endpoint or a loaded worker trips
+    opts: dict = {"connect_timeout": 60.0, "request_timeout": 60.0}
     endpoint = _s3_endpoint()
     if endpoint:
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
