@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--row-group", type=int, default=2000, help="rows per row group (~16 MB at 8 KB a crop)")
     ap.add_argument("--endpoint", help="an S3 endpoint URL to use instead of a loopback moto server")
+    ap.add_argument("--bucket", default=BUCKET, help="an existing bucket there (with --endpoint)")
     ap.add_argument("--no-append", action="store_true", help="print only; do not append to RESULTS.md")
     args = ap.parse_args()
 
@@ -128,12 +129,12 @@ def main() -> None:
 
     client = boto3.client("s3", endpoint_url=endpoint)
     if not args.endpoint:
-        client.create_bucket(Bucket=BUCKET)
+        client.create_bucket(Bucket=args.bucket)
     table = crops_table(args.mb)
     file_mb = table.nbytes / 2**20
     print(f"table: {table.num_rows} rows, {file_mb:.0f} MiB in memory", flush=True)
 
-    uri = f"s3://{BUCKET}/bench/crops.parquet"
+    uri = f"s3://{args.bucket}/bench/crops.parquet"
     native, path = fs.arrow_fs(uri)
     wrapped = pafs.PyFileSystem(pafs.FSSpecHandler(fs.get_fs(uri)[0]))  # what arrow_fs gave before
     clients = {"native S3FileSystem": native, "PyFileSystem(FSSpecHandler(s3fs))": wrapped}
@@ -154,10 +155,11 @@ def main() -> None:
                 assert pq.read_table(key, filesystem=afs).equals(table), f"{name}: read back differs"
         print(name, {k: (round(v[0], 3), round(v[1], 3)) for k, v in r.items()}, c, flush=True)
     obj = path.split("/", 1)[1] + ".native"
-    size_mb = client.head_object(Bucket=BUCKET, Key=obj)["ContentLength"] / 2**20
-    body = client.get_object(Bucket=BUCKET, Key=obj)["Body"].read()
-    floor = {"write": timed(lambda: client.put_object(Bucket=BUCKET, Key="bench/raw", Body=body), args.repeats)[0],
-             "read all columns": timed(lambda: client.get_object(Bucket=BUCKET, Key=obj)["Body"].read(),
+    size_mb = client.head_object(Bucket=args.bucket, Key=obj)["ContentLength"] / 2**20
+    body = client.get_object(Bucket=args.bucket, Key=obj)["Body"].read()
+    floor = {"write": timed(lambda: client.put_object(Bucket=args.bucket, Key="bench/raw", Body=body),
+                            args.repeats)[0],
+             "read all columns": timed(lambda: client.get_object(Bucket=args.bucket, Key=obj)["Body"].read(),
                                        args.repeats)[0]}
     if proc is not None:
         proc.kill()
