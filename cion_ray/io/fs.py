@@ -1,20 +1,26 @@
-"""Filesystems for local paths and s3:// URIs, through fsspec (s3fs for S3).
+"""Filesystems for local paths and s3:// URIs: fsspec (s3fs for S3) for listings and small
+files, pyarrow's native S3 client for Parquet (`arrow_fs`).
 
 S3 endpoints and credentials come from the standard AWS environment
-(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, instance
-roles); nothing here reaches the network until a file is opened. Nothing here
-creates a bucket (`_S3FileSystem`); a storage failure becomes a one-line
-`CionError` that says when credentials were refused and carries no secret
-(`storage_error`, `redact`).
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, profiles,
+instance roles), read the same way by both clients; nothing here reaches the
+network until a file is opened (except resolving a bucket's region for
+`arrow_fs` when neither a region nor an endpoint is configured). Nothing here
+creates a bucket (`_S3FileSystem`, `_S3ArrowFileSystem`); a storage failure
+becomes a one-line `CionError` that says when credentials were refused and
+carries no secret (`storage_error`, `redact`).
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import os
 import posixpath
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import fsspec
 import pyarrow.fs as pafs
@@ -33,6 +39,11 @@ _AUTH_CODES = {"403", "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId",
                "InvalidSecurity", "RequestExpired", "UnrecognizedClientException"}
 _NO_CREDENTIALS = ("NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError")
 _TOKEN_CODES = {"ExpiredToken", "ExpiredTokenException", "InvalidToken", "TokenRefreshRequired"}
+# pyarrow's S3 errors are plain OSErrors whose message carries the code:
+# "... AWS Error ACCESS_DENIED during GetObject operation: ...", "AWS Error UNKNOWN (HTTP status 403) ...",
+# and create_dir's "Bucket 'b' not found. To create buckets, ...".
+_ARROW_CODE = re.compile(r"AWS Error ([A-Z_]+)(?: \(HTTP status (\d+)\))?")
+_ARROW_NO_BUCKET = re.compile(r"Bucket '[^']+' not found")
 
 
 def is_remote(uri: str) -> bool:
@@ -59,12 +70,21 @@ def _chain(e: BaseException | None):
 
 
 def _s3_code(e: BaseException) -> str:
-    """The S3 error code behind `e` (s3fs keeps botocore's ClientError as the cause), or ''."""
+    """The S3 error code behind `e`, or '': s3fs keeps botocore's ClientError as the cause;
+    pyarrow writes the code in upper snake case into the message (ACCESS_DENIED -> AccessDenied)."""
     for x in _chain(e):
         resp = getattr(x, "response", None)
         if isinstance(resp, dict):
             err = resp.get("Error") or {}
             return str(err.get("Code") or (resp.get("ResponseMetadata") or {}).get("HTTPStatusCode") or "")
+    for x in _chain(e):
+        m = _ARROW_CODE.search(str(x))
+        if m and m.group(1) not in ("UNKNOWN", "CORE"):
+            return "".join(w.capitalize() for w in m.group(1).split("_"))
+        if m:
+            return m.group(2) or ""
+        if _ARROW_NO_BUCKET.search(str(x)):
+            return "NoSuchBucket"
     return ""
 
 
@@ -130,10 +150,71 @@ class _S3FileSystem(s3fs.S3FileSystem):
     check_bucket = s3fs.core.sync_wrapper(_check_bucket)
 
 
+class _S3ArrowFileSystem(pafs.S3FileSystem):
+    """pyarrow's native S3 filesystem (C++ reads and writes, ranges fetched in parallel) for
+    Parquet. Like `_S3FileSystem`, create_dir only checks that the bucket exists: pyarrow's would
+    also write empty "folder/" marker objects, which s3fs listings report as files (buckets are
+    never created either way: allow_bucket_creation stays off)."""
+
+    def create_dir(self, path, *, recursive=True):
+        bucket = str(path).strip("/").split("/", 1)[0]
+        if self.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(errno.ENOENT, f"s3://{bucket}: no such bucket")
+
+    def __reduce__(self):  # pyarrow's rebuilds the base class (Ray pickles the filesystem to workers)
+        return _rebuild_s3_arrow, super().__reduce__()[1]
+
+
+def _rebuild_s3_arrow(kwargs: dict) -> _S3ArrowFileSystem:
+    return _S3ArrowFileSystem(**kwargs)
+
+
+def _s3_endpoint() -> str | None:
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_region(bucket: str) -> str | None:
+    try:
+        return pafs.resolve_s3_region(bucket)
+    except (OSError, ValueError):
+        return None  # a missing bucket or no network: the first real request says so
+
+
+def _arrow_s3_options(bucket: str) -> dict:
+    """S3FileSystem settings matching the s3fs `get_fs` builds: the same endpoint (its scheme
+    too, so http endpoints work), botocore's region (AWS_DEFAULT_REGION, the profile), credentials
+    from the AWS SDK's default chain (environment, profile, instance role; never written into
+    the options, so none are pickled)."""
+    import botocore.session
+
+    # botocore's (so s3fs's) 60 s timeouts: the SDK's default gives up on a request that moves no
+    # byte for 3 s, which a busy endpoint or a loaded worker trips
+    opts: dict = {"connect_timeout": 60.0, "request_timeout": 60.0}
+    endpoint = _s3_endpoint()
+    if endpoint:
+        parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        opts["scheme"] = parts.scheme
+        opts["endpoint_override"] = parts.netloc + parts.path.rstrip("/")
+    region = botocore.session.get_session().get_config_variable("region")
+    if not region and not endpoint:
+        region = _bucket_region(bucket)  # AWS answers from the wrong region with a redirect pyarrow does not follow
+    if region:
+        opts["region"] = region
+    return opts
+
+
+@functools.lru_cache(maxsize=16)
+def _s3_arrow(options: tuple, env: int) -> _S3ArrowFileSystem:
+    """One client per settings (and credentials environment, `env` a hash): building one starts the SDK's
+    credential chain, which may probe the instance metadata service."""
+    return _S3ArrowFileSystem(**dict(options))
+
+
 def _storage_options(uri: str) -> dict:
     if str(uri).startswith(_S3_PROTOCOLS):
         opts: dict = {}
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        endpoint = _s3_endpoint()
         if endpoint:
             opts["client_kwargs"] = {"endpoint_url": endpoint}
         return opts
@@ -156,9 +237,16 @@ def get_fs(uri: str | Path) -> tuple[fsspec.AbstractFileSystem, str]:
 
 
 def arrow_fs(uri: str | Path) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem (for Parquet and Ray Data) and the path inside it."""
+    """A pyarrow filesystem (for Parquet and Ray Data) and the path inside it: pyarrow's native
+    S3 client for s3:// (`_S3ArrowFileSystem`), fsspec wrapped for other remote stores."""
+    uri = str(uri)
+    if uri.startswith(_S3_PROTOCOLS):
+        path = s3fs.S3FileSystem._strip_protocol(uri)
+        env = hash(tuple(os.environ.get(k, "") for k in SECRET_VARS[:3] + ("AWS_PROFILE",)))
+        opts = _arrow_s3_options(path.split("/", 1)[0])
+        return _s3_arrow(tuple(sorted(opts.items())), env), path
     fs, path = get_fs(uri)
-    if not is_remote(str(uri)):
+    if not is_remote(uri):
         return pafs.LocalFileSystem(), path
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
@@ -311,7 +399,9 @@ def list_files(uri: str | Path, suffixes: tuple[str, ...] = ()) -> list[str]:
         if fs.isfile(path):
             found = [path]
         else:
-            found = [p for p in fs.find(path) if not posixpath.basename(p).startswith(".")]
+            # "folder/" keys are directory markers (pyarrow's copy_files writes them), not files
+            found = [p for p in fs.find(path) if not posixpath.basename(p).startswith(".")
+                     and not p.endswith("/")]
     except CionError:
         raise
     except Exception as e:

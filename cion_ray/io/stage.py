@@ -130,7 +130,8 @@ def _listing(root: str) -> dict[str, int]:
     except Exception as e:
         raise CionError(f"{root}: cannot list ({e})") from None
     base = path.rstrip("/") + "/"
-    return {p[len(base):] if p.startswith(base) else p: int(d.get("size") or 0) for p, d in found.items()}
+    return {p[len(base):] if p.startswith(base) else p: int(d.get("size") or 0) for p, d in found.items()
+            if not p.endswith("/")}  # "folder/" directory markers are not files
 
 
 def check_records(out: str, records: list[dict], what: str) -> None:
