@@ -380,7 +380,8 @@ def _build_from_parquet(table: LabelTable, positions: np.ndarray, folder: str) -
     for f in table.crop_files:
         pa_fs, path = fs.arrow_fs(f)
         try:
-            meta = pq.ParquetFile(pa_fs.open_input_file(path)).metadata
+            with pa_fs.open_input_file(path) as src:
+                meta = pq.ParquetFile(src).metadata
         except Exception as e:
             raise fs.storage_error(f, e, "cannot read") from None
         col = meta.schema.names.index("crop") if "crop" in meta.schema.names else None
