@@ -173,12 +173,16 @@ def worker(mode: str, data: str, rank: int, workers: int, loaders: int, go, resu
     read = _rchar() - before
     t_images = time.perf_counter() - t0
     del table
+    # fork, as a Ray Train worker's DataLoader does on Linux: this process was spawned, and a spawned
+    # process's DataLoader would pickle the dataset into each loader (a copy per loader in both paths)
     first = torch.utils.data.DataLoader(_Decode(images, names), batch_size=64, shuffle=True,
-                                        num_workers=loaders, generator=torch.Generator().manual_seed(rank))
+                                        num_workers=loaders, generator=torch.Generator().manual_seed(rank),
+                                        multiprocessing_context="fork" if loaders else None)
     next(iter(first))
     t_first = time.perf_counter() - t0
     del first
-    touch = torch.utils.data.DataLoader(_Touch(images), batch_size=512, num_workers=loaders, persistent_workers=True)
+    touch = torch.utils.data.DataLoader(_Touch(images), batch_size=512, num_workers=loaders, persistent_workers=True,
+                                        multiprocessing_context="fork" if loaders else None)
     it = iter(touch)
     seen = sum(int(b.sum()) for b in it)
     loader_mem = [_status(w.pid) for w in getattr(it, "_workers", [])]
