@@ -23,7 +23,8 @@ import torch
 
 from cion_ray.errors import CionError
 from cion_ray.pretrain.config import PretrainConfig
-from cion_ray.pretrain.data import LabelTable, fetch_images, load_labels, split_identities
+from cion_ray.pretrain.data import LabelTable, load_labels, split_identities
+from cion_ray.pretrain.pack import ImageColumn, Pack, ReadStats, ensure_pack
 from cion_ray.pretrain.sampler import IdentitySampler, shard_identities
 from cion_ray.pretrain.schedules import cosine_schedule, k_at_epoch, teacher_temp_schedule
 from cion_ray.pretrain.task import CIONTask, clip_gradients, has_batchnorm
@@ -75,8 +76,27 @@ class LocalContext:
             tmp.replace(self.ckpt_dir / "checkpoint.pt")
 
 
+class ImageNames:
+    """Image names (crop ids or URIs) in one Arrow string array, for error messages: no Python
+    object per name for forked loader processes to copy."""
+
+    def __init__(self, keys: np.ndarray):
+        import pyarrow as pa
+
+        self.names = pa.array([str(k) for k in keys], pa.string())
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, i: int) -> str:
+        return self.names[i].as_py()
+
+
 class ImageViews(torch.utils.data.Dataset):
-    def __init__(self, images: list[bytes], names: list[str], views: MultiCropViews):
+    """images: encoded images by index (an ImageColumn: Arrow buffers that forked DataLoader
+    processes share); each loader process decodes the JPEGs it serves."""
+
+    def __init__(self, images: ImageColumn | list[bytes], names: ImageNames | list[str], views: MultiCropViews):
         self.images, self.names, self.views = images, names, views
 
     def __len__(self):
@@ -100,38 +120,44 @@ def _precision(cfg: PretrainConfig, device: torch.device) -> torch.dtype | None:
 
 
 class ValidationImages:
-    """The held-out validation images (encoded bytes, row order of `table`) and their query /
+    """The held-out validation images (encoded, row order of `rows` in `table`) and their query /
     gallery split (pretrain/validation.py), loaded once on worker 0."""
 
-    def __init__(self, table: LabelTable, seed: int):
-        self.split = validation_split(table.identity, tracklet_cameras(table.keys, table.kind), seed, table.source)
-        self.identities = table.n_identities
-        self.images = fetch_images(table)
+    def __init__(self, table: LabelTable, rows: np.ndarray, pack: Pack, seed: int):
+        held = table.subset(rows)
+        self.split = validation_split(held.identity, tracklet_cameras(held.keys, held.kind), seed, held.source)
+        self.identities = held.n_identities
+        self.images = pack.images(np.flatnonzero(rows))
 
 
 class WorkerData:
-    """This worker's shard of the training images, loaded once; on worker 0 also the held-out
-    validation images (cfg.validation > 0), whose identities no worker trains on."""
+    """This worker's shard of the training images, loaded once from the pre-training pack
+    (pretrain/pack.py: built on first use, reused after; a worker reads only the record batches of
+    its own identities); on worker 0 also the held-out validation images (cfg.validation > 0),
+    whose identities no worker trains on. read: what this worker read from the pack."""
 
     def __init__(self, cfg: PretrainConfig, rank: int, world_size: int, log: Callable[[str], None] = print):
         table = load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt)
+        pack = ensure_pack(table, cfg.data, cfg.out, log if rank == 0 else (lambda m: None))
         kept, held = split_identities(table.identity, cfg.data_fraction, cfg.validation, cfg.seed, table.source)
         self.validation = None
         if rank == 0 and len(held):
-            self.validation = ValidationImages(table.subset(np.isin(table.identity, held)), cfg.seed)
-        table = table.subset(np.isin(table.identity, kept))
-        self.total_images = len(table.keys)
+            self.validation = ValidationImages(table, np.isin(table.identity, held), pack, cfg.seed)
+        rows = np.isin(table.identity, kept)
+        self.total_images = int(rows.sum())
         self.total_identities = len(kept)
-        mine = shard_identities(table.identity, world_size, rank, cfg.seed)
-        table = table.subset(np.isin(table.identity, mine))
+        mine = shard_identities(table.identity[rows], world_size, rank, cfg.seed)
+        rows &= np.isin(table.identity, mine)
         t0 = time.perf_counter()
-        self.images = fetch_images(table)
-        self.names = [str(k) for k in table.keys]
-        self.labels = table.identity
+        self.read = ReadStats()
+        self.images = pack.images(np.flatnonzero(rows), self.read)
+        self.names = ImageNames(table.keys[rows])
+        self.labels = table.identity[rows]
         if rank == 0:
             log(f"data: {table.source}: {self.total_identities} identities, {self.total_images} images "
                 f"(fraction {cfg.data_fraction}, seed {cfg.seed}); worker 0 holds {len(mine)} identities, "
-                f"{len(self.images)} images, loaded in {time.perf_counter() - t0:.1f}s")
+                f"{len(self.images)} images ({self.read.bytes / 1e6:.1f} MB read from {len(self.read.files)} of "
+                f"{len(pack.shards)} pack shards), loaded in {time.perf_counter() - t0:.1f}s")
             if self.validation is not None:
                 v = self.validation
                 log(f"validation: {v.identities} held-out identities (fraction {cfg.validation}), "

@@ -11,12 +11,27 @@ from __future__ import annotations
 import numpy as np
 
 
-def shard_identities(identities: np.ndarray, world_size: int, rank: int, seed: int) -> np.ndarray:
+def identity_order(ids: np.ndarray) -> np.ndarray:
+    """(N,) uint64 sort key of identity ids: splitmix64's finaliser, a bijection of 64-bit
+    integers, so distinct ids never tie and sorting by it is a shuffle that is a function of the id
+    alone (not of the seed, the data fraction or the number of workers). The pre-training pack
+    (pretrain/pack.py) stores identities in this order, and shard_identities cuts it into blocks."""
+    z = np.asarray(ids, dtype=np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def shard_identities(identities: np.ndarray, world_size: int, rank: int, seed: int = 0) -> np.ndarray:
     """The identity ids (a sorted subset of np.unique(identities)) this rank trains on: whole
-    identities per rank, so an identity's P x K groups never straddle workers."""
+    identities per rank, so an identity's P x K groups never straddle workers; rank r gets the
+    r-th of `world_size` contiguous, equal (+-1) blocks of the ids in identity_order. Contiguous
+    in that order means contiguous in the pre-training pack, so a worker reads only its part of it.
+    `seed` does not change the blocks (one pack serves every seed; the sampler's batches still
+    follow the seed); it stays in the signature for the callers that pass it."""
     ids = np.unique(identities)
-    perm = np.random.default_rng([seed, 7]).permutation(len(ids))
-    return np.sort(ids[perm[rank::world_size]])
+    order = ids[np.argsort(identity_order(ids), kind="stable")]
+    return np.sort(np.array_split(order, world_size)[rank])
 
 
 def identities_per_batch(batch_size: int, k: int) -> int:

@@ -235,6 +235,16 @@ def _check_inputs(cfg: PretrainConfig) -> PretrainConfig:
     return cfg
 
 
+def prepare_pack(cfg: PretrainConfig, log=print) -> str:
+    """The pre-training pack of cfg's data (pretrain/pack.py), found or built here on the driver,
+    once, before any worker starts: the workers then only read their part of it, and every later
+    run on the same data (a scaling study's points, a search's trials) reuses it. -> its URI."""
+    from cion_ray.pretrain.data import load_labels
+    from cion_ray.pretrain.pack import ensure_pack
+
+    return ensure_pack(load_labels(cfg.data, cfg.labels, cfg.crops, cfg.gt), cfg.data, cfg.out, log).uri
+
+
 class _RelayPrinter(Poller):
     """The driver side of the relay: while fit() runs, a thread prints rank 0's messages through
     `log` and keeps a Progress of iterations (label: the epoch; rate in it/s and img/s)."""
@@ -355,6 +365,7 @@ def run_pretrain(cfg: PretrainConfig, address: str | None = None, resume: bool =
     # command has another fingerprint)
     cfg = _check_inputs(cfg)
     runs.check_run_folder(cfg.out, RUN_FILE, cfg.fingerprint(), resume, "pre-training")  # before Ray starts
+    prepare_pack(cfg, log)
     ensure_ray(address)
     gpus, _ = worker_resources(cfg)
     check_cluster(cfg, gpus)

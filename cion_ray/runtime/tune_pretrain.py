@@ -136,11 +136,13 @@ def prepare_base(cfg: PretrainConfig) -> PretrainConfig:
     """The trials' base: absolute paths, every input checked on the driver (runtime.pretrain's own
     checks), a checkpoint every epoch (ASHA's rungs and a resumed trial lose at most one epoch)."""
     from cion_ray.pretrain.data import absolute
-    from cion_ray.runtime.pretrain import _check_inputs
+    from cion_ray.runtime.pretrain import _check_inputs, prepare_pack
 
     cfg = replace(cfg, data=absolute(cfg.data), crops=absolute(cfg.crops), eval_data=absolute(cfg.eval_data),
                   gt=absolute(cfg.gt), init=absolute(cfg.init), checkpoint_every=1)
-    return _check_inputs(cfg)
+    cfg = _check_inputs(cfg)
+    prepare_pack(cfg, log=lambda m: None)  # once for every trial (each trial's out is its own)
+    return cfg
 
 
 def check_trial_inputs(base: PretrainConfig, spec: SearchSpec, keys: tuple[str, ...]) -> None:
