@@ -142,6 +142,22 @@ def rates(text: str) -> dict[str, Rate]:
                                      f"median over epochs 2+ on {gpu.group(1) if gpu else 'one GPU'}; "
                                      "bound by JPEG decoding and views on the loader processes")
 
+    s = _newest(secs, "bench_export", r"^\| actors \|")
+    if s:
+        rows = _table_rows(s.body)
+        head = rows[0]
+        best = max(rows[1:], key=lambda r: int(r[0]))
+        per = float(best[head.index("crops/s (median)")]) / int(best[0])
+        got["export"] = Rate("curate export (CION-AL + Market files), per export actor", per, "crops/s", s.source,
+                             f"{best[head.index('crops/s (median)')]} crops/s with {best[0]} actor(s)")
+
+    s = _newest(secs, "pretrain data path", r"Pack build \(once, on the driver\): \d+ s")
+    if s:
+        n = int(re.search(r"([\d,]+) synthetic crops", s.body).group(1).replace(",", ""))
+        sec = float(re.search(r"Pack build \(once, on the driver\): (\d+) s", s.body).group(1))
+        got["pack"] = Rate("pre-training pack build (one process)", n / sec, "crops/s", s.source,
+                           f"{n:,} crops in {sec:g} s")
+
     need = {"track_cpu": "bench_track", "link": "bench_link", "embed_cpu": "pipeline (make demo / jobs/pipeline.py)",
             "gpu_step": "bench_pretrain_gpu", "train_loop_gpu": "bench_pretrain_gpu"}
     missing = [f"{k} (run {v})" for k, v in need.items() if k not in got]
@@ -167,6 +183,8 @@ def plan(r: dict[str, Rate], a: Assumptions) -> dict:
     out["embed_cpu_s"] = a.crops / (r["embed_cpu"].value * a.cpus)
     out["embed_gpu_s"] = a.crops / (r["gpu_step"].value * 3 * a.gpus)  # forward only: about a third of fwd+bwd
     out["link_s"] = tracklets / r["link"].value  # one machine: the reducer is serial
+    out["export_s"] = a.images / (r["export"].value * a.cpus) if "export" in r else None
+    out["pack_s"] = a.images / r["pack"].value if "pack" in r else None
     out["link_gib"] = tracklets * r["link_memory"].value / 2**30 if "link_memory" in r else None
     seen = a.images * a.epochs
     out["train_images"] = seen
@@ -245,6 +263,12 @@ def plan_markdown(text: str, a: Assumptions, command: str = "python benchmarks/c
         f"{p['train_bound_s'] * a.gpus / 3600:,.0f} | {r['gpu_step'].value / a.views_cost:,.0f} img/s |",
         f"| reference (paper) | {REFERENCE['gpus']} {REFERENCE['gpu']} | {_h(p['reference_s'])} | "
         f"{p['reference_s'] * REFERENCE['gpus'] / 3600:,.0f} | {p['reference_per_gpu']:,.0f} img/s |",
+        *([f"Before training, the pack of the {a.images:,} images (pretrain/pack.py, built once by one process "
+           f"on the driver) takes about {_h(p['pack_s'])}; each worker then reads only its share."]
+          if p["pack_s"] else []),
+        *([f"Curate's exports of those images (CION-AL files and JSON, Market when it fits) with one export actor per "
+           f"core: about {_h(p['export_s'])} at the measured per-actor rate, if storage keeps up (the rate is bound "
+           "by creating files)."] if p["export_s"] else []),
         "",
         "The GPU rates were measured on an H100 with ResNet50 (the IBN variant adds InstanceNorm to half the",
         "channels of layers 1-3; its step was not timed) and 14 loader processes on 16 cores: a GPU needs about",
