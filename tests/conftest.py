@@ -39,6 +39,36 @@ def s3_endpoint():
     server.stop()
 
 
+@pytest.fixture
+def auth_s3(monkeypatch):
+    """A second moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0), this test's
+    endpoint; -> a function that sets the (wrong) keys the test should be refused with."""
+    import subprocess
+    import sys
+    import time
+
+    port = _free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+
+    def keys(key_id: str, secret: str) -> None:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+
+    yield keys
+    server.terminate()
+    server.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One local Ray instance (2 CPUs) shared by every test that needs Ray."""

@@ -1,12 +1,7 @@
 """Parquet on s3:// through pyarrow's native S3 client (`fs.arrow_fs`), against moto on loopback."""
 from __future__ import annotations
 
-import os
 import pickle
-import socket
-import subprocess
-import sys
-import time
 
 import boto3
 import numpy as np
@@ -119,37 +114,18 @@ def test_arrow_s3_settings_follow_the_endpoint_url(monkeypatch):
                                          **timeouts}
 
 
-def test_wrong_credentials_through_the_native_client_say_access_denied(monkeypatch):
+def test_wrong_credentials_through_the_native_client_say_access_denied(auth_s3):
     """Against a moto server that checks credentials, pyarrow's own errors (not s3fs's) for
     Parquet reads and writes become 'access denied' with the hint, and no key in the message."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGKEY00000002")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-wrong-secret-0002")
-        uri = "s3://b/t/x.parquet"
-        afs, path = fs.arrow_fs(uri)
-        assert isinstance(afs, pafs.S3FileSystem)
-        for doing, call in [("cannot read", lambda: pq.read_table(path, filesystem=afs)),
-                            ("cannot write", lambda: pq.write_table(pa.table({"a": [1]}), path, filesystem=afs))]:
-            with pytest.raises(OSError) as e:
-                call()
-            msg = str(fs.storage_error(uri, e.value, doing))
-            assert msg.startswith(f"{uri}: access denied") and "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in msg, \
-                (msg, str(e.value))
-            assert "AKIAWRONGKEY00000002" not in msg and "wrong-secret" not in msg
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    auth_s3("AKIAWRONGKEY00000002", "wrong-secret-wrong-secret-0002")
+    uri = "s3://b/t/x.parquet"
+    afs, path = fs.arrow_fs(uri)
+    assert isinstance(afs, pafs.S3FileSystem)
+    for doing, call in [("cannot read", lambda: pq.read_table(path, filesystem=afs)),
+                        ("cannot write", lambda: pq.write_table(pa.table({"a": [1]}), path, filesystem=afs))]:
+        with pytest.raises(OSError) as e:
+            call()
+        msg = str(fs.storage_error(uri, e.value, doing))
+        assert msg.startswith(f"{uri}: access denied") and "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in msg, \
+            (msg, str(e.value))
+        assert "AKIAWRONGKEY00000002" not in msg and "wrong-secret" not in msg

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import fractions
 import math
-import os
 import socket
 import subprocess
 import sys
-import time
 
 import av
 import boto3
@@ -352,39 +350,17 @@ def test_missing_credentials_and_other_errors():
         "/tmp/x: cannot write (Permission denied)"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
-
-def test_wrong_credentials_against_an_authenticating_endpoint(monkeypatch):
+def test_wrong_credentials_against_an_authenticating_endpoint(auth_s3):
     """A second moto server that checks credentials (INITIAL_NO_AUTH_ACTION_COUNT=0): every
     operation with unknown keys fails with 'access denied' and a hint, and no key in the message."""
-    port = _free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.2)
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
-        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAWRONGKEY00000001")
-        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-wrong-secret-0001")
-        calls = [lambda: fs.check_output("s3://b/out"), lambda: fs.exists("s3://b/x"),
-                 lambda: fs.read_bytes("s3://b/x"), lambda: fs.write_json("s3://b/x.json", {}),
-                 lambda: fs.list_files("s3://b/in")]
-        for call in calls:
-            with pytest.raises(CionError) as e:
-                call()
-            msg = str(e.value)
-            assert "access denied" in msg and "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in msg, msg
-            assert "AKIAWRONGKEY00000001" not in msg and "wrong-secret" not in msg
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    auth_s3("AKIAWRONGKEY00000001", "wrong-secret-wrong-secret-0001")
+    calls = [lambda: fs.check_output("s3://b/out"), lambda: fs.exists("s3://b/x"),
+             lambda: fs.read_bytes("s3://b/x"), lambda: fs.write_json("s3://b/x.json", {}),
+             lambda: fs.list_files("s3://b/in")]
+    for call in calls:
+        with pytest.raises(CionError) as e:
+            call()
+        msg = str(e.value)
+        assert "access denied" in msg and "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY" in msg, msg
+        assert "AKIAWRONGKEY00000001" not in msg and "wrong-secret" not in msg
