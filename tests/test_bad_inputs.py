@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fractions
 import math
-import socket
 import subprocess
 import sys
 
