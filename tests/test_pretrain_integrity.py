@@ -210,7 +210,9 @@ class FakeTrainer:
         raise RayWouldStart("training started")
 
 
-def test_a_cluster_too_small_leaves_nothing_and_the_fixed_command_runs(tmp_path, monkeypatch):
+def test_a_cluster_too_small_leaves_nothing_and_the_fixed_command_runs(ray_session, tmp_path, monkeypatch):
+    """(ray_session: the run reaches Ray calls past the mocked ensure_ray, which would start a Ray
+    of their own and leave it to the next module.)"""
     import ray
     import ray.train.torch
 
