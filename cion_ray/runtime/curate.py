@@ -206,7 +206,7 @@ def label_and_export(crop_files: list[str], labeler: CropLabeler, plan: ExportPl
         return [], {}
     n = min(export_writers(writers), len(tasks))
     what = "labelling and exporting" if plan is not None and plan.images else "labelling"
-    with PolledProgress(Progress("curate/export", total, "crops", label=f"{what} ({n} actors)", log=log)) as pp:
+    with PolledProgress(Progress("curate/export", total, "crops", label=what, log=log)) as pp:
         ds = ray.data.from_items([{"task": i} for i in range(len(tasks))], override_num_blocks=len(tasks))
         ds = ds.map_batches(ExportActor, batch_size=1, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=n), num_cpus=fit_actor_cpus(n, 1.0),
