@@ -24,12 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(HERE.parent / "docs" / "capacity.md"))
     defaults = Assumptions()
     for f in fields(Assumptions):
-        if f.name == "extra":
-            continue
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
                         default=getattr(defaults, f.name))
     args = ap.parse_args(argv)
-    a = Assumptions(**{f.name: getattr(args, f.name) for f in fields(Assumptions) if f.name != "extra"})
+    a = Assumptions(**{f.name: getattr(args, f.name) for f in fields(Assumptions)})
     command = "python benchmarks/capacity.py" + "".join(" " + shlex.quote(x) for x in (argv or sys.argv[1:]))
     try:
         text = plan_markdown(Path(args.results).read_text(), a, command=command)

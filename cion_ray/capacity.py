@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cion_ray.errors import CionError
 
@@ -53,7 +53,6 @@ class Assumptions:
     images: int = CION_AL_IMAGES
     ddp_efficiency: float = 0.9  # multi-GPU scaling of the training step: an assumption
     views_cost: float = 4.7  # training cost of one image in units of one 256x128 forward+backward
-    extra: dict = field(default_factory=dict)
 
 
 _HEAD = re.compile(r"^## (.+?)(?: \((\d{4}-\d\d-\d\d[^)]*)\))?\s*$")
