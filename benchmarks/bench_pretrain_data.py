@@ -193,10 +193,12 @@ def worker(mode: str, data: str, rank: int, workers: int, loaders: int, go, resu
                  "t_images": t_images, "t_first": t_first, "worker": me, "loaders": loader_mem})
 
 
-def run(mode: str, data: str, workers: int, loaders: int) -> list[dict]:
+def run(mode: str, data: str, workers: int, loaders: int, ranks: list[int] | None = None) -> list[dict]:
+    """Run the given ranks (default: all) of a `workers`-worker run at once, each a spawned process."""
     ctx = mp.get_context("spawn")
     go, results = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(mode, data, r, workers, loaders, go, results)) for r in range(workers)]
+    procs = [ctx.Process(target=worker, args=(mode, data, r, workers, loaders, go, results))
+             for r in (range(workers) if ranks is None else ranks)]
     for p in procs:
         p.start()
     time.sleep(1.0)
