@@ -12,6 +12,8 @@ Per size in --sizes (each size's data is written, measured and removed before th
   - at the sizes in --export-sizes, curate's export (bench_export.py: the label_and_export actor
     pool, the CION-AL images and streamed JSON; Market skipped above 9999 identities, as a curate
     run does) with each pool size in --actors: crops/s.
+With --fs-probe N, first the file system's own rate of creating N export-like files by 1 and 2
+processes (no labelling, no Ray): the ceiling of the export on this disk.
 
     python benchmarks/bench_scale.py --sizes 100000 --export-sizes 100000      # a quick look
     python benchmarks/bench_scale.py --append                                  # 100k, 1M, 4M
@@ -117,9 +119,53 @@ def export_path(root: str, n: int, actors: list[int], repeats: int, shard_size: 
     return {"crops": got, "identities": ids}, rows
 
 
+def _create_files(folder: str, n: int, seed: int) -> float:
+    """Create n files of 6 KB (written beside, then renamed, 8 per folder, as the export writes
+    crops) under folder. -> seconds."""
+    data = os.urandom(6000)
+    t = time.perf_counter()
+    for i in range(n):
+        sub = os.path.join(folder, f"{seed}-{i // 8:07d}")
+        if i % 8 == 0:
+            os.mkdir(sub)
+        path = os.path.join(sub, f"{i}.jpg")
+        with open(path + ".partial", "wb") as f:
+            f.write(data)
+        os.replace(path + ".partial", path)
+    return time.perf_counter() - t
+
+
+def fs_probe(root: Path, n: int, procs: list[int], repeats: int) -> list[dict]:
+    """The file system's own rate of creating export-like files, by 1, 2, ... processes at once,
+    with no labelling, no Ray and no Parquet: the ceiling of the export on this disk."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    rows = []
+    for k in procs:
+        rates = []
+        for r in range(repeats):
+            folder = root / f"probe-{k}-{r}"
+            folder.mkdir()
+            t = time.perf_counter()
+            with ProcessPoolExecutor(k) as pool:
+                list(pool.map(_create_files, [str(folder)] * k, [n // k] * k, range(k)))
+            rates.append(n // k * k / (time.perf_counter() - t))
+            shutil.rmtree(folder)
+        rows.append({"procs": k, "median": median(rates), "min": min(rates), "max": max(rates)})
+    return rows
+
+
 def report(pre: list[tuple[dict, list[dict]]], exp: list[tuple[dict, list[dict]]], loaders: int,
-           repeats: int) -> str:
+           repeats: int, probe: list[dict] | None = None, probe_files: int = 0) -> str:
     out = []
+    if probe:
+        out += [f"The file system alone: {probe_files:,} files of 6 KB created (written beside, then renamed, 8 per "
+                f"folder) by 1, 2, ... processes at once; median of {repeats} run(s).", "",
+                "| processes | files/s (median) | min-max files/s | vs 1 process |", "|---:|---:|---:|---:|"]
+        for r in probe:
+            out.append(f"| {r['procs']} | {r['median']:,.0f} | {r['min']:,.0f}-{r['max']:,.0f} | "
+                       f"{r['median'] / probe[0]['median']:.2f}x |")
+        out.append("")
     if pre:
         out += ["Pre-training data path (the pack): each rank of each worker count measured alone, in a fresh "
                 f"spawned process with {loaders} forked DataLoader processes; per worker count the largest value "
@@ -166,8 +212,8 @@ def report(pre: list[tuple[dict, list[dict]]], exp: list[tuple[dict, list[dict]]
         a = max(exp[-1][1], key=lambda r: r["actors"])["actors"]
         r0, r1 = rate(*exp[0], a), rate(*exp[-1], a)
         if r0 and r1:
-            out.append(f"Growth with size (export, {a} actor(s)): {_size(exp[0][0]['crops'])} {r0:,.0f} crops/s, "
-                       f"{_size(exp[-1][0]['crops'])} {r1:,.0f} crops/s ({r1 / r0:.2f}x the rate).")
+            out.append(f"Growth with size (export, {a} actor(s)): {exp[0][0]['crops']:,} crops {r0:,.0f} crops/s, "
+                       f"{exp[-1][0]['crops']:,} crops {r1:,.0f} crops/s ({r1 / r0:.2f}x the rate).")
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -182,6 +228,8 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-size", type=int, default=5000, help="crops read per export task")
     ap.add_argument("--per-identity", type=int, default=16, help="export table: identity i has 1 + i %% N crops")
     ap.add_argument("--videos", type=int, default=200)
+    ap.add_argument("--fs-probe", type=int, default=0, metavar="N",
+                    help="also time the file system creating N export-like files by 1 and 2 processes")
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder, removed)")
     ap.add_argument("--append", action="store_true", help="append the tables to benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
@@ -195,8 +243,11 @@ def main(argv=None) -> int:
         print(f"[{time.perf_counter() - t0:6.0f}s] {m}", flush=True)
 
     base = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=args.dir))
-    pre, exp = [], []
+    pre, exp, probe = [], [], []
     try:
+        if args.fs_probe:
+            log(f"file system: creating {args.fs_probe:,} files by 1 and 2 processes")
+            probe = fs_probe(base, args.fs_probe, [1, 2], args.repeats)
         for n in sizes:
             log(f"pre-training data path at {n:,} crops")
             root = base / f"pretrain-{n}"
@@ -221,7 +272,7 @@ def main(argv=None) -> int:
                 ray.shutdown()
     finally:
         shutil.rmtree(base, ignore_errors=True)
-    body = report(pre, exp, args.loaders, args.repeats)
+    body = report(pre, exp, args.loaders, args.repeats, probe, args.fs_probe)
     print(body)
     if args.append:
         append_results("bench_scale: the pre-training data path and curate's export by size", body)

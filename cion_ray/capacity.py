@@ -86,6 +86,25 @@ def _table_rows(body: str) -> list[list[str]]:
             for line in body.splitlines() if line.strip().startswith("|") and not set(line) <= set("|-: ")]
 
 
+def _scale_table(s: Section, column: str) -> list[dict[str, str]]:
+    """The rows of the table in a bench_scale section that has `column`, as dicts by heading."""
+    rows, head = [], None
+    for line in s.body.splitlines() + [""]:
+        if not line.strip().startswith("|"):
+            if head and column in head:
+                return rows
+            rows, head = [], None
+            continue
+        if set(line) <= set("|-: "):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if head is None:
+            head = cells
+        elif len(cells) == len(head):
+            rows.append(dict(zip(head, cells)))
+    return []
+
+
 def rates(text: str) -> dict[str, Rate]:
     """The rates the plan needs, each from the newest RESULTS.md section that has it. A missing
     one raises a CionError naming the benchmark that measures it."""
@@ -141,8 +160,18 @@ def rates(text: str) -> dict[str, Rate]:
                                      f"median over epochs 2+ on {gpu.group(1) if gpu else 'one GPU'}; "
                                      "bound by JPEG decoding and views on the loader processes")
 
+    # export and pack rates: from bench_export / bench_pretrain_data, or from bench_scale (both, by
+    # size), whichever section is newer; bench_scale's at its largest size
+    scale = _newest(secs, "bench_scale", r"^\| crops \| identities \|")
     s = _newest(secs, "bench_export", r"^\| actors \|")
-    if s:
+    e_rows = _scale_table(scale, "identities") if scale else []
+    if e_rows and (not s or secs.index(scale) > secs.index(s)):
+        n = max(int(r["crops"].replace(",", "")) for r in e_rows)
+        best = max((r for r in e_rows if int(r["crops"].replace(",", "")) == n), key=lambda r: int(r["actors"]))
+        got["export"] = Rate("curate export (CION-AL files + JSON), per export actor",
+                             float(best["crops/s"].replace(",", "")) / int(best["actors"]), "crops/s", scale.source,
+                             f"{best['crops/s']} crops/s with {best['actors']} actor(s) at {n:,} crops")
+    elif s:
         rows = _table_rows(s.body)
         head = rows[0]
         best = max(rows[1:], key=lambda r: int(r[0]))
@@ -151,7 +180,14 @@ def rates(text: str) -> dict[str, Rate]:
                              f"{best[head.index('crops/s (median)')]} crops/s with {best[0]} actor(s)")
 
     s = _newest(secs, "pretrain data path", r"Pack build \(once, on the driver\): \d+ s")
-    if s:
+    scale = _newest(secs, "bench_scale", r"^\| crops \| data GB \| pack build s \|")
+    p_rows = [r for r in _scale_table(scale, "pack build s") if r["pack build s"]] if scale else []
+    if p_rows and (not s or secs.index(scale) > secs.index(s)):
+        big = max(p_rows, key=lambda r: int(r["crops"].replace(",", "")))
+        n, sec = int(big["crops"].replace(",", "")), float(big["pack build s"])
+        got["pack"] = Rate("pre-training pack build (one process)", n / sec, "crops/s", scale.source,
+                           f"{n:,} crops in {sec:g} s")
+    elif s:
         n = int(re.search(r"([\d,]+) synthetic crops", s.body).group(1).replace(",", ""))
         sec = float(re.search(r"Pack build \(once, on the driver\): (\d+) s", s.body).group(1))
         got["pack"] = Rate("pre-training pack build (one process)", n / sec, "crops/s", s.source,
@@ -276,7 +312,8 @@ def plan_markdown(text: str, a: Assumptions, command: str = "python benchmarks/c
         "What it says: the measured loop rate is set by JPEG decoding and multi-crop views on the loader",
         "processes, not by the GPU; the compute-bound row is what moving decoding and views to the GPU would",
         "reach. Both rows assume the data path delivers each worker its shard (bytes read per worker about the",
-        "data set / workers), which `benchmarks/bench_pretrain_data.py` measures.",
+        "data set / workers), which `benchmarks/bench_pretrain_data.py` measures, and",
+        "`benchmarks/bench_scale.py` by data set size (100k to 4M crops).",
         "",
     ]
     return "\n".join(lines)

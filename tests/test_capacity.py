@@ -55,3 +55,25 @@ def test_script_writes_the_plan(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "capacity.py"), "--results", str(tmp_path / "no"),
                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 2 and "capacity:" in bad.stderr
+
+
+def test_bench_scale_rates_are_used_when_newer():
+    scale = ("## bench_scale: the pre-training data path and curate's export by size (2099-01-01 00:00 UTC)\n\n"
+             "- machine: y, 2 cores\n\nPre-training.\n\n"
+             "| crops | data GB | pack build s | pack crops/s | workers | images per worker | MB read per worker "
+             "| read / data set | worker peak RSS MB | worker + loaders Pss MB | loader private MB | first batch s |\n"
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+             "| 100,000 | 0.63 | 4 | 25,000 | 1 | 100,000 | 631 | 1.00 | 1,633 | 1,593 | 8 | 1.8 |\n"
+             "| | | | | 2 | 50,000 | 319 | 0.51 | 1,322 | 1,281 | 8 | 0.6 |\n"
+             "| 4,000,000 | 25.19 | 100 | 40,000 | 1 | skipped: shard 25.2 GB > 23.8 GB free | | | | | | |\n\n"
+             "Export.\n\n| crops | identities | actors | median s | crops/s | min-max s | vs 1 actor |\n"
+             "|---:|---:|---:|---:|---:|---:|---:|\n"
+             "| 100,000 | 11,000 | 1 | 100.0 | 1,000 | 100.0-100.0 | 1.00x |\n"
+             "| 1,000,000 | 110,000 | 1 | 1000.0 | 1,000 | 1000.0-1000.0 | 1.00x |\n"
+             "| 1,000,000 | 110,000 | 2 | 500.0 | 2,000 | 500.0-500.0 | 2.00x |\n")
+    r = rates(RESULTS + scale)
+    assert r["pack"].value == pytest.approx(40_000) and "4,000,000 crops in 100 s" in r["pack"].how
+    assert r["export"].value == pytest.approx(1000) and "2 actor(s) at 1,000,000" in r["export"].how
+    # an older bench_scale section does not override newer bench_export / pretrain data path ones
+    old = rates(scale.replace("2099-01-01", "2000-01-01") + RESULTS)
+    assert old["export"].source == rates(RESULTS)["export"].source and old["pack"].value == rates(RESULTS)["pack"].value

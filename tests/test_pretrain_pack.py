@@ -121,6 +121,12 @@ def test_a_pack_is_reused_and_a_partial_one_ignored(tmp_path, small_batches):
     # other labels or other data: another key, another pack
     tracklets = load_labels(data, labels="tracklet")
     assert P.pack_key(tracklets, data) != P.pack_key(table, data)
+    # a new pack beside another one says what the other holds, and removes nothing
+    said = []
+    P.ensure_pack(tracklets, data, log=said.append)
+    first_bytes = first.manifest["bytes"] / 1e9
+    assert any(f"1 other pack(s) in {P.cache_roots(data)[0]} hold {first_bytes:.2f} GB" in m for m in said), said
+    assert list(P.find_pack(table, data).images(rows)) == [source[k] for k in table.keys]
 
 
 def test_images_decoded_in_loader_processes_are_the_source_crops(tmp_path):

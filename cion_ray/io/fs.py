@@ -305,17 +305,12 @@ def read_text(uri: str | Path) -> str:
 
 
 def write_bytes_atomic(uri: str | Path, data: bytes) -> None:
-    """Write a whole object: a local file is written then renamed; an S3 PUT is atomic by itself."""
-    fs, path = get_fs(uri)
+    """Write a whole object, which appears whole or not at all (open_output_atomic)."""
     try:
-        if is_remote(str(uri)):
-            with fs.open(path, "wb") as f:
-                f.write(data)
-            return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(f".{Path(path).name}.partial")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        with open_output_atomic(uri) as f:
+            f.write(data)
+    except CionError:
+        raise
     except Exception as e:  # OSError locally; s3fs / botocore errors remotely
         raise storage_error(uri, e, "cannot write") from None
 

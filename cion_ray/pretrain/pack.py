@@ -274,8 +274,23 @@ def ensure_pack(table: LabelTable, data: str, out: str = "", log: Callable[[str]
                 problems.append(str(e))
                 continue
             raise
+        _note_other_packs(root, key, log)
         return Pack(fs.join(root, key), m, positions, table.keys)
     raise CionError(f"no place to write the pre-training pack of {data}: {'; '.join(problems)}")
+
+
+def _note_other_packs(root: str, key: str, log: Callable[[str], None]) -> None:
+    """Say what the other packs beside a new one hold: packs of other labels of the same data, or
+    of data that has changed since. Nothing removes them (a running job may be reading one)."""
+    try:
+        others = [f for f in fs.list_files(root, (runs.MANIFEST,))
+                  if f.rstrip("/").rsplit("/", 2)[-2] != key and f.endswith("/" + runs.MANIFEST)]
+        size = sum(int(fs.read_json(f).get("bytes", 0)) for f in others)
+    except CionError:
+        return  # a note only: a listing that fails does not stop the run
+    if others:
+        log(f"pre-training pack: {len(others)} other pack(s) in {root} hold {size / 1e9:.2f} GB (other labels, or "
+            f"data that has changed since); nothing removes them: delete a folder there once no run uses it")
 
 
 # ---------------------------------------------------------------- building
