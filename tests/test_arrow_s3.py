@@ -114,6 +114,20 @@ def test_arrow_s3_settings_follow_the_endpoint_url(monkeypatch):
                                          **timeouts}
 
 
+def test_the_configured_region_is_read_once_per_environment(monkeypatch):
+    import botocore.session
+
+    sessions = []
+    real = botocore.session.get_session
+    monkeypatch.setattr(botocore.session, "get_session", lambda *a, **k: sessions.append(1) or real(*a, **k))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "ap-south-2")
+    assert [fs._arrow_s3_options("b")["region"] for _ in range(5)] == ["ap-south-2"] * 5
+    assert len(sessions) <= 1  # none when an earlier test already read this environment
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "sa-east-1")  # another environment: read again
+    assert fs._arrow_s3_options("b")["region"] == "sa-east-1"
+
+
 def test_wrong_credentials_through_the_native_client_say_access_denied(auth_s3):
     """Against a moto server that checks credentials, pyarrow's own errors (not s3fs's) for
     Parquet reads and writes become 'access denied' with the hint, and no key in the message."""

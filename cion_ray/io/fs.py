@@ -181,13 +181,24 @@ def _bucket_region(bucket: str) -> str | None:
         return None  # a missing bucket or no network: the first real request says so
 
 
+# what decides botocore's configured region
+_REGION_VARS = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE")
+
+
+@functools.lru_cache(maxsize=16)
+def _config_region(env: tuple) -> str | None:
+    """botocore's configured region for one environment (`env`: the values of _REGION_VARS).
+    A botocore session reads the config files: 10-25 ms, once per arrow_fs call without this."""
+    import botocore.session
+
+    return botocore.session.get_session().get_config_variable("region")
+
+
 def _arrow_s3_options(bucket: str) -> dict:
     """S3FileSystem settings matching the s3fs `get_fs` builds: the same endpoint (its scheme
     too, so http endpoints work), botocore's region (AWS_DEFAULT_REGION, the profile), credentials
     from the AWS SDK's default chain (environment, profile, instance role; never written into
     the options, so none are pickled)."""
-    import botocore.session
-
     # botocore's (so s3fs's) 60 s timeouts: the SDK's default gives up on a request that moves no
     # byte for 3 s, which a busy endpoint or a loaded worker trips
     opts: dict = {"connect_timeout": 60.0, "request_timeout": 60.0}
@@ -196,7 +207,7 @@ def _arrow_s3_options(bucket: str) -> dict:
         parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
         opts["scheme"] = parts.scheme
         opts["endpoint_override"] = parts.netloc + parts.path.rstrip("/")
-    region = botocore.session.get_session().get_config_variable("region")
+    region = _config_region(tuple(os.environ.get(k, "") for k in _REGION_VARS))
     if not region and not endpoint:
         region = _bucket_region(bucket)  # AWS answers from the wrong region with a redirect pyarrow does not follow
     if region:
