@@ -181,8 +181,8 @@ def _bucket_region(bucket: str) -> str | None:
         return None  # a missing bucket or no network: the first real request says so
 
 
-# what decides botocore's configured region
-_REGION_VARS = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE")
+# what decides botocore's configured region (HOME: where ~/.aws/config is)
+_REGION_VARS = ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_CONFIG_FILE", "HOME")
 
 
 @functools.lru_cache(maxsize=16)
