@@ -40,6 +40,31 @@ def one_run(crops, root: str, settings: ExportConfig, actors: int) -> float:
     return time.perf_counter() - t0
 
 
+def synthetic_table(root: str, crops: int, per_identity: int, videos: int, shard_size: int, files: int = 4):
+    """A synthetic curated crops table of about `crops` crops under root/data (identity i has
+    1 + i % per_identity crops; row groups of shard_size). -> (CuratedCrops, the JPEGs it reuses)."""
+    jpegs = jpeg_pool(16)
+    table = write_curated_crops(os.path.join(root, "data"), int(crops / ((per_identity + 1) / 2)), per_identity,
+                                videos, row_group=shard_size, files=files, jpegs=jpegs)
+    return table, jpegs
+
+
+def time_pools(crops, base: str, settings: ExportConfig, actors: list[int], repeats: int, log=print) -> list[dict]:
+    """`repeats` exports per pool size, each into a fresh folder under base (removed after).
+    -> per pool size {actors, median, min, max} seconds."""
+    n = len(crops.expected)
+    rows = []
+    for a in actors:
+        times = []
+        for r in range(repeats):
+            root = os.path.join(base, f"run-{a}-{r}")
+            times.append(one_run(crops, root, settings, a))
+            shutil.rmtree(root)
+            log(f"  {a} actor(s), run {r + 1}: {times[-1]:.1f}s ({n / times[-1]:,.0f} crops/s)")
+        rows.append({"actors": a, "median": median(times), "min": min(times), "max": max(times)})
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--crops", type=int, default=100_000, help="crops in the synthetic table (about)")
@@ -60,32 +85,22 @@ def main() -> None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     base = tempfile.mkdtemp(prefix="bench-export-", dir=args.dir)
     try:
-        mean = (args.per_identity + 1) / 2
         t0 = time.perf_counter()
-        jpegs = jpeg_pool(16)
-        crops = write_curated_crops(os.path.join(base, "data"), int(args.crops / mean), args.per_identity,
-                                    args.videos, row_group=args.shard_size, files=4, jpegs=jpegs)
+        crops, jpegs = synthetic_table(base, args.crops, args.per_identity, args.videos, args.shard_size)
         n, ids = len(crops.expected), len(set(crops.expected.values()))
         print(f"synthetic table: {n} crops, {ids} identities, {args.videos} videos, "
               f"JPEG {min(map(len, jpegs))}-{max(map(len, jpegs))} bytes, made in {time.perf_counter() - t0:.1f}s")
         settings = ExportConfig(webdataset=args.webdataset, shard_size=args.shard_size)
-        rows = []
-        for a in [int(x) for x in args.actors.split(",")]:
-            times = []
-            for r in range(args.repeats):
-                root = os.path.join(base, f"run-{a}-{r}")
-                times.append(one_run(crops, root, settings, a))
-                shutil.rmtree(root)
-                print(f"  {a} actor(s), run {r + 1}: {times[-1]:.1f}s ({n / times[-1]:.0f} crops/s)")
-            rows.append((a, median(times), min(times), max(times)))
+        rows = time_pools(crops, base, settings, [int(x) for x in args.actors.split(",")], args.repeats)
     finally:
         shutil.rmtree(base, ignore_errors=True)
         ray.shutdown()
     what = "CION-AL images + JSON" + (" + WebDataset shards" if args.webdataset else "") + \
         (" (Market skipped: > 9999 identities)" if ids > 9999 else " + Market folder")
     table = ["| actors | median s | crops/s (median) | min-max s | speed-up |", "|---:|---:|---:|---:|---:|"]
-    for a, med, lo, hi in rows:
-        table.append(f"| {a} | {med:.1f} | {n / med:.0f} | {lo:.1f}-{hi:.1f} | {rows[0][1] / med:.2f}x |")
+    for r in rows:
+        table.append(f"| {r['actors']} | {r['median']:.1f} | {n / r['median']:.0f} | {r['min']:.1f}-{r['max']:.1f} | "
+                     f"{rows[0]['median'] / r['median']:.2f}x |")
     body = (f"{n} crops of {ids} identities in {args.videos} videos (synthetic table, real JPEG bytes "
             f"{min(map(len, jpegs))}-{max(map(len, jpegs))} B), exports: {what}; one task per {args.shard_size} "
             f"crops; median of {args.repeats} runs per pool size on {os.cpu_count()} cores.\n\n" + "\n".join(table))

@@ -74,47 +74,34 @@ def pretrain_path(root: Path, n: int, workers: list[int], loaders: int, log) -> 
             rows.append({"workers": w, "skipped": f"shard {total / w / 1e9:.1f} GB > {free / 1e9:.1f} GB free"})
             continue
         rs = [bpd.run("new", data, w, loaders, ranks=[r])[0] for r in range(w)]
-        row = {"workers": w, "ranks": len(rs),
+        row = {"workers": w,
                "images": max(r["images"] for r in rs),
                "read": max(r["read"] for r in rs),
                "read_frac": max(r["read"] for r in rs) / total,
                "rss": max(r["worker"]["VmHWM"] for r in rs),
                "pss_sum": max(r["worker"]["Pss"] + sum(x["Pss"] for x in r["loaders"]) for r in rs),
                "loader_private": max((x["Private"] for r in rs for x in r["loaders"]), default=0),
-               "loader_rss": max((x["VmHWM"] for r in rs for x in r["loaders"]), default=0),
                "first": median([r["t_first"] for r in rs])}
         rows.append(row)
         log(f"  {w} worker(s): {row['read'] / 1e6:,.0f} MB read per worker ({row['read_frac']:.2f} of the data), "
             f"peak RSS {row['rss'] / 1e6:,.0f} MB, worker + loaders Pss {row['pss_sum'] / 1e6:,.0f} MB, "
             f"loader private {row['loader_private'] / 1e6:.0f} MB, first batch {row['first']:.1f}s")
-    return {"crops": n, "bytes": total, "t_make": t_make, "t_pack": t_pack}, rows
+    return {"crops": n, "bytes": total, "t_pack": t_pack}, rows
 
 
 def export_path(root: str, n: int, actors: list[int], repeats: int, shard_size: int, per_identity: int,
                 videos: int, log) -> tuple[dict, list[dict]]:
     """Curate's export at one size. -> (size facts, one row per pool size)."""
-    from bench_export import one_run
+    from bench_export import synthetic_table, time_pools
 
     from cion_ray.curation.config import ExportConfig
-    from cion_ray.synth.crop_tables import jpeg_pool, write_curated_crops
 
     t = time.perf_counter()
-    jpegs = jpeg_pool(16)
-    crops = write_curated_crops(os.path.join(root, "data"), int(n / ((per_identity + 1) / 2)), per_identity,
-                                videos, row_group=shard_size, files=max(4, n // 250_000), jpegs=jpegs)
+    crops, _ = synthetic_table(root, n, per_identity, videos, shard_size, files=max(4, n // 250_000))
     got, ids = len(crops.expected), len(set(crops.expected.values()))
     log(f"  export table: {got:,} crops of {ids:,} identities in {videos} videos, made in "
         f"{time.perf_counter() - t:.0f}s")
-    settings = ExportConfig(shard_size=shard_size)
-    rows = []
-    for a in actors:
-        times = []
-        for r in range(repeats):
-            out = os.path.join(root, f"run-{a}-{r}")
-            times.append(one_run(crops, out, settings, a))
-            shutil.rmtree(out)
-            log(f"  {a} actor(s), run {r + 1}: {times[-1]:.1f}s ({got / times[-1]:,.0f} crops/s)")
-        rows.append({"actors": a, "median": median(times), "min": min(times), "max": max(times)})
+    rows = time_pools(crops, root, ExportConfig(shard_size=shard_size), actors, repeats, log)
     shutil.rmtree(os.path.join(root, "data"), ignore_errors=True)
     return {"crops": got, "identities": ids}, rows
 

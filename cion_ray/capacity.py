@@ -88,20 +88,10 @@ def _table_rows(body: str) -> list[list[str]]:
 
 def _scale_table(s: Section, column: str) -> list[dict[str, str]]:
     """The rows of the table in a bench_scale section that has `column`, as dicts by heading."""
-    rows, head = [], None
-    for line in s.body.splitlines() + [""]:
-        if not line.strip().startswith("|"):
-            if head and column in head:
-                return rows
-            rows, head = [], None
-            continue
-        if set(line) <= set("|-: "):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if head is None:
-            head = cells
-        elif len(cells) == len(head):
-            rows.append(dict(zip(head, cells)))
+    for block in s.body.split("\n\n"):
+        rows = _table_rows(block)
+        if rows and column in rows[0]:
+            return [dict(zip(rows[0], r)) for r in rows[1:] if len(r) == len(rows[0])]
     return []
 
 
