@@ -122,7 +122,9 @@ def guard_stress(sizes: str, drift: float) -> str:
 def realistic(args) -> int:
     from link_corpus import PER_VIDEO as PV, SPREAD, calibrate_sigma, make_realistic, nearest_other_video_precision
     base = LinkConfig()
-    link = LinkConfig(window=args.window or base.window, stride=args.stride or base.stride, min_images=1)
+    ratio = base.global_ratio if args.global_ratio is None else args.global_ratio
+    link = LinkConfig(window=args.window or base.window, stride=args.stride or base.stride, min_images=1,
+                      global_ratio=ratio)
     with tempfile.TemporaryDirectory() as d:  # warm-up: start the worker processes
         sliding_links(make_realistic(4000, 0.2, seed=args.seed + 1).table, CurateConfig(out=d, link=link))
     rows = []
@@ -142,18 +144,23 @@ def realistic(args) -> int:
         f = sample_prf(corpus.person, labels, table.counts)
         loose = sample_prf(corpus.person, union_of_relations(n, rels).labels(), table.counts)
         alone = sample_prf(corpus.person, np.arange(n), table.counts)
-        rows.append((n, len(table.video_ids), sigma, prec, t_link, t_reduce, f, loose, alone, st))
+        # the last relations are the global pass's (none when it is off)
+        in_ranges = sample_prf(corpus.person, reduce_identities(table, rels[:-1], link)[0], table.counts)
+        rows.append((n, len(table.video_ids), sigma, prec, t_link, t_reduce, f, loose, alone, st, in_ranges,
+                     len(rels[-1])))
         print(f"{n} tracklets: nearest-other-video precision {prec:.3f}; ranges {t_link:.1f} s, reducer "
               f"{t_reduce:.1f} s (guard {st.guard_seconds:.2f} s, {st.components_split} components rebuilt, largest "
               f"{st.largest_rebuilt} in {st.largest_rebuild_seconds:.3f} s; largest component {st.largest_component}); "
               f"F1 {f['f1']:.4f} (P {f['precision']:.4f} R {f['recall']:.4f}), without the guard "
-              f"{loose['f1']:.4f}, tracker only {alone['f1']:.4f}", flush=True)
-    md = ("| tracklets | videos | noise | NN precision | ranges (s) | reducer (s) | total (s) | F1 | P | R | F1 no guard "
-          "(P / R) | F1 tracker only | guard (s) | components rebuilt | largest rebuilt | guard on it (s) | "
-          "largest component |\n" + "|---" * 17 + "|\n")
-    for n, v, sig, prec, tl, tr, f, lo, al, st in rows:
+              f"{loose['f1']:.4f}, tracker only {alone['f1']:.4f}, ranges only {in_ranges['f1']:.4f} (global pass: "
+              f"{len(rels[-1])} relations)", flush=True)
+    md = ("| tracklets | videos | noise | NN precision | ranges + global pass (s) | reducer (s) | total (s) | F1 | P | "
+          "R | F1 ranges only (P / R) | global pass relations | F1 no guard (P / R) | F1 tracker only | guard (s) | "
+          "components rebuilt | largest rebuilt | guard on it (s) | largest component |\n" + "|---" * 19 + "|\n")
+    for n, v, sig, prec, tl, tr, f, lo, al, st, rg, ng in rows:
         md += (f"| {n} | {v} | {sig:.4f} | {prec:.3f} | {tl:.1f} | {tr:.1f} | {tl + tr:.1f} | {f['f1']:.4f} | "
-               f"{f['precision']:.4f} | {f['recall']:.4f} | {lo['f1']:.4f} ({lo['precision']:.3f} / "
+               f"{f['precision']:.4f} | {f['recall']:.4f} | {rg['f1']:.4f} ({rg['precision']:.3f} / "
+               f"{rg['recall']:.3f}) | {ng} | {lo['f1']:.4f} ({lo['precision']:.3f} / "
                f"{lo['recall']:.3f}) | {al['f1']:.4f} | {st.guard_seconds:.2f} | {st.components_split} | "
                f"{st.largest_rebuilt} | {st.largest_rebuild_seconds:.3f} | {st.largest_component} |\n")
     body = (f"Corpus (benchmarks/link_corpus.py, seed {args.seed}): D = 256, {PV} tracklets per video, people "
@@ -162,7 +169,8 @@ def realistic(args) -> int:
             f"each person in 2-5 videos (10% as two fragments in one video), 5-60 samples per identity; noise "
             f"scale calibrated per size (noise column) to nearest-other-video precision {args.precision} within a "
             f"range on a corpus of another seed (measured on the benchmark's corpus: NN precision column). Linking: curate's defaults W = {link.window}, "
-            f"S = {link.stride}, k = {link.k}, threshold {link.threshold}, drift {link.drift}, min_images 1; "
+            f"S = {link.stride}, k = {link.k}, threshold {link.threshold}, drift {link.drift}, global pass ratio "
+            f"{link.global_ratio} (0: off), min_images 1; "
             f"ranges as Ray tasks on a local 2-CPU Ray. F1 / P / R: pairwise over samples against the ground "
             f"truth. Guard: time rebuilding the components that break a rule; 'guard on it': its time on the "
             f"largest component it rebuilt; 'largest component': before the guard.\n\n{md}")
@@ -175,7 +183,8 @@ def realistic(args) -> int:
 
 
 def separable(args) -> int:
-    link = LinkConfig(window=args.window or 8, stride=args.stride or 4, k=2, threshold=0.15, drift=0.15, min_images=1)
+    link = LinkConfig(window=args.window or 8, stride=args.stride or 4, k=2, threshold=0.15, drift=0.15, min_images=1,
+                      global_ratio=LinkConfig.global_ratio if args.global_ratio is None else args.global_ratio)
 
     with tempfile.TemporaryDirectory() as d:  # warm-up: start the worker processes
         sliding_links(make_corpus(4000, seed=1), CurateConfig(out=d, link=link))
@@ -217,7 +226,8 @@ def separable(args) -> int:
         growth += f"- {n0} -> {n1}: x{(a1 + b1) / (a0 + b0):.2f} time, x{factor:.2f} per doubling\n"
     body = (f"Corpus: clustered unit vectors, D = {DIM}, {PER_VIDEO} tracklets per video, each person in 2-4 "
             f"videos mostly within 3 of each other. Linking: W = {link.window}, S = {link.stride}, mutual "
-            f"k = {link.k}, threshold {link.threshold}; ranges as Ray tasks on a local 2-CPU Ray.\n\n"
+            f"k = {link.k}, threshold {link.threshold}, global pass ratio {link.global_ratio} (0: off; when on, its "
+            f"time is in the ranges column); ranges as Ray tasks on a local 2-CPU Ray.\n\n"
             f"**Sliding ranges vs all pairs ({args.compare_size} tracklets, {args.compare_size // PER_VIDEO} videos):** "
             f"sliding {t_slide:.1f} s, all-pairs faiss kNN {t_all:.1f} s: speed ratio x{t_all / t_slide:.1f} "
             f"(target >= 10); in-window links recovered {recovered:.4f} of {len(in_window)} (target >= 0.99).\n\n"
@@ -240,6 +250,7 @@ def main() -> int:
     p.add_argument("--compare-size", type=int, default=100_000, help="separable: sliding vs all pairs")
     p.add_argument("--window", type=int, default=None, help="default: curate's (realistic), 8 (separable)")
     p.add_argument("--stride", type=int, default=None, help="default: curate's (realistic), 4 (separable)")
+    p.add_argument("--global-ratio", type=float, default=None, help="the global pass's ratio (0: off); default: curate's")
     args = p.parse_args()
     from cion_ray.runtime.session import ensure_ray
     ensure_ray(num_cpus=2)

@@ -19,7 +19,7 @@ from cion_ray.errors import CionError
 from cion_ray.evaluate.clustering import nmi, pairwise_prf
 from cion_ray.linking.ranges import sliding_ranges
 from cion_ray.linking.reduce import reduce_relations
-from cion_ray.linking.relations import linking_relations
+from cion_ray.linking.relations import global_relations, linking_relations
 from cion_ray.linking.union_find import UnionFind, tree_reduce
 
 D = 16
@@ -117,20 +117,59 @@ def _videos_with(people_per_video: list[list[int]]) -> list[VideoCrops]:
     return out
 
 
-def test_l3_links_within_a_range_only_and_never_inside_a_video():
-    # person 0 in videos 0 and 1 (near: linked); person 1 in videos 0 and 7 (far: not linked);
-    # video 3 shows person 2 twice (two tracklets at once): never one identity
+@pytest.mark.parametrize("global_ratio", [0.0, 0.8])
+def test_l3_links_within_a_range_or_globally_and_never_inside_a_video(global_ratio):
+    # person 0 in videos 0 and 1 (near: linked); person 1 in videos 0 and 7 (far: linked only by
+    # the global pass); video 3 shows person 2 twice (two tracklets at once): never one identity
     layout = [[0, 1], [0, 3], [4], [2, 2], [5], [6], [7], [1]]
     videos = _videos_with(layout)
-    cfg = LinkConfig(window=4, stride=2, k=2, threshold=0.1, drift=0.1, min_images=1)
+    cfg = LinkConfig(window=4, stride=2, k=2, threshold=0.1, drift=0.1, min_images=1, global_ratio=global_ratio)
     res = curate_local(videos, DenoiseConfig(radius=0.3, min_len=3, merge=0.1), cfg)
     lab = res.sample_labels()
     assert lab[0][0] == lab[1][0]  # person 0 across videos 0 and 1
-    assert lab[0][10] != lab[7][0]  # person 1: videos 0 and 7 never share a range
+    # person 1: videos 0 and 7 never share a range
+    assert (lab[0][10] == lab[7][0]) == (global_ratio > 0)
     assert lab[3][0] != lab[3][10]  # two tracklets of one video co-occurring
     for rel in res.relations:
         a, b = rel[:, 0].astype(int), rel[:, 1].astype(int)
         assert (res.table.video_pos[a] != res.table.video_pos[b]).all()
+
+
+def _near(person: int, distance: float, rng) -> np.ndarray:
+    """A unit vector at about `distance` (cosine) from BASES[person]."""
+    step = rng.normal(size=D)
+    step -= (step @ BASES[person]) * BASES[person]
+    step /= np.linalg.norm(step)
+    angle = np.arccos(1.0 - distance)
+    return BASES[person] * np.cos(angle) + step * np.sin(angle)
+
+
+def test_global_pass_links_a_clear_match_anywhere_and_refuses_an_ambiguous_one():
+    rng = np.random.default_rng(3)
+    # identity 0 (video 0) and 1 (video 9) are one person, 0.02 apart; identity 2 (video 5) is a
+    # look-alike of that person at `look` from identity 0; identities 3.. are other people
+    def relations(look: float, ratio: float = 0.8) -> set:
+        cent = np.stack([BASES[0], _near(0, 0.02, rng), _near(0, look, rng)] + [BASES[p] for p in range(1, 8)])
+        videos = np.array([0, 9, 5, 1, 2, 3, 4, 6, 7, 8])
+        rel = global_relations(normalize(cent).astype(np.float32), videos, threshold=0.1, ratio=ratio)
+        assert (rel[:, 0] < rel[:, 1]).all()
+        return {(int(a), int(b)) for a, b, _ in rel}
+
+    assert relations(look=0.2) == {(0, 1)}  # the runner-up is far: a clear match, 9 videos apart
+    assert relations(look=0.022) == set()  # a look-alike nearly as close: refused ...
+    assert relations(look=0.022, ratio=1.0) == {(0, 1)}  # ... by the ratio test alone
+    assert relations(look=0.2, ratio=0.0) == set()  # ratio 0: the pass is off
+
+
+def test_global_pass_on_an_ivf_index_finds_the_exact_relations_on_separated_data():
+    rng = np.random.default_rng(4)
+    people = normalize(rng.normal(size=(1500, D)))
+    cent = normalize(np.concatenate([people, people + rng.normal(0, 0.02, size=people.shape)])).astype(np.float32)
+    videos = np.concatenate([rng.integers(0, 50, 1500), rng.integers(50, 100, 1500)])
+    exact = global_relations(cent, videos, threshold=0.1, ratio=0.8)
+    approx = global_relations(cent, videos, threshold=0.1, ratio=0.8, exact_max=100)
+    assert len(exact) > 1400  # nearly every person links its two views
+    assert {tuple(r) for r in exact[:, :2].astype(int)} == {tuple(r) for r in approx[:, :2].astype(int)}
 
 
 def test_reducer_splits_chains_through_one_video():

@@ -20,7 +20,7 @@ from cion_ray.denoise.video import cannot_link_pairs, l1_labels, video_denoise
 from cion_ray.errors import CionError
 from cion_ray.linking.ranges import range_key, sliding_ranges
 from cion_ray.linking.reduce import ReduceStats, reduce_relations
-from cion_ray.linking.relations import linking_relations
+from cion_ray.linking.relations import global_relations, linking_relations
 from cion_ray.linking.union_find import UnionFind, tree_reduce
 
 
@@ -132,6 +132,17 @@ def relations_for_range(table: IdentityTable, start: int, end: int, cfg: LinkCon
     return range_relations(table.centroids[lo:hi], table.video_pos[lo:hi], lo, cfg)
 
 
+def global_pass(table: IdentityTable, cfg: LinkConfig) -> np.ndarray:
+    """The global pass's relations over every identity of the table (none when it is off)."""
+    return global_relations(table.centroids, table.video_pos, cfg.threshold, cfg.global_ratio, cfg.use_gpu)
+
+
+def link_table(table: IdentityTable, cfg: LinkConfig) -> list[np.ndarray]:
+    """Every relation of the table: one array per sliding range, then the global pass's."""
+    return ([relations_for_range(table, s, e, cfg) for s, e, _ in ranges_with_keys(table.video_ids, cfg)]
+            + [global_pass(table, cfg)])
+
+
 def union_of_relations(n: int, relations: list[np.ndarray], parts: int = 4) -> UnionFind:
     """Relations grouped into a few partial union-finds, reduced as a tree (the shape a
     distributed reduction takes; each part is O(n) memory, so there are only a few)."""
@@ -193,6 +204,6 @@ def curate_local(videos: list[VideoCrops], denoise: DenoiseConfig, link: LinkCon
         check_unique(v.crop_id, v.video_id)
     levels = [denoise_video_levels(v, denoise) for v in videos]
     table = identity_table(levels)
-    relations = [relations_for_range(table, s, e, link) for s, e, _ in ranges_with_keys(table.video_ids, link)]
+    relations = link_table(table, link)
     identity_of, stats, small = reduce_identities(table, relations, link)
     return CurationResult(levels, table, identity_of, relations, stats, small)

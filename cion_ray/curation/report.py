@@ -84,7 +84,8 @@ def report_text(r: dict) -> str:
               f"L1: {c['l1_samples_dropped']} samples dropped, {c['l1_tracklets_dropped']} tracklets dropped",
               f"L2: {c['merged']} tracklet merges, {c['reallocated']} samples reallocated, "
               f"{c['l2_samples_dropped']} samples dropped; {c['identities_after_l2']} identities",
-              f"L3: {c.get('ranges', 0)} ranges ({c.get('ranges_reused', 0)} reused), {c.get('links', 0)} links, "
+              f"L3: {c.get('ranges', 0)} ranges ({c.get('ranges_reused', 0)} reused), {c.get('links', 0)} links "
+              f"({c.get('global_links', 0)} found by the global pass), "
               f"{c.get('components_split', 0)} components split, {c.get('unions_refused', 0)} unions refused, "
               f"{c.get('identities_dropped_small', 0)} identities under the minimum size dropped",
               f"out: {c['identities_out']} identities, {c['samples_out']} samples"]

@@ -1,23 +1,57 @@
-"""Linking relations inside one range: mutual k-nearest identities from different videos.
+"""Linking relations: mutual nearest identities from different videos.
 
-Identity centroids are L2-normalised, so cosine distance d = 1 - <a, b>. A pair (a, b)
-is a linking relation when each is among the other's k nearest identities from other
-videos and d < threshold. Exact inner-product search with faiss (GPU index when asked).
+Identity centroids are L2-normalised, so cosine distance d = 1 - <a, b>.
+
+  inside one range  a pair (a, b) is a linking relation when each is among the other's k
+                    nearest identities from other videos and d < threshold;
+  over the corpus   the global pass: a and b are each other's single nearest identity of
+                    another video in the whole corpus, d < threshold, and the match is clear:
+                    for both ends, d < ratio x the distance to the nearest candidate from a
+                    third video (neither end's own). A person seen in videos far apart in the
+                    order links here, which no sliding range can do; the ratio test keeps out
+                    look-alikes, whose runner-up is nearly as close (more of them in a larger
+                    corpus, so the pass grows stricter as the corpus grows).
+
+Inner-product search with faiss (GPU index when asked): exact, and for the global pass over more
+than EXACT_MAX identities an inverted-file index (IVF, 2 sqrt(n) lists, 16 probed), whose cost
+grows as n^1.5 instead of n^2.
 """
 from __future__ import annotations
 
 import numpy as np
 
 
-def knn_other_videos(centroids: np.ndarray, videos: np.ndarray, k: int, use_gpu: bool = False
-                     ) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, its k most similar rows from other videos.
+EXACT_MAX = 50_000  # identities up to which the global pass searches exactly
+RUNNERS_UP = 4  # candidates the global pass reads per identity: the nearest and its runners-up
+IVF_PROBES = 16
+
+
+def _index(x: np.ndarray, use_gpu: bool, approximate: bool):
+    """A faiss inner-product index holding x: exact, or IVF (trained on a seeded sample)."""
+    import faiss
+
+    n, d = x.shape
+    if approximate:
+        lists = max(1, min(n // 40, int(2 * np.sqrt(n))))  # faiss wants >= 39 training rows per list
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
+        rows = np.random.default_rng(0).choice(n, min(n, 40 * lists), replace=False)
+        index.train(np.ascontiguousarray(x[np.sort(rows)]))
+        index.nprobe = min(lists, IVF_PROBES)
+    else:
+        index = faiss.IndexFlatIP(d)
+    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    index.add(x)
+    return index
+
+
+def knn_other_videos(centroids: np.ndarray, videos: np.ndarray, k: int, use_gpu: bool = False,
+                     approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """For each row, its k most similar rows from other videos (approximate: an IVF index).
 
     centroids: (n, D) float32, L2-normalised; videos: (n,) ints. Returns (n, k) indices
     (-1 where fewer exist) and (n, k) cosine similarities (-inf there)."""
-    import faiss
-
-    n, d = centroids.shape
+    n = len(centroids)
     out_i = np.full((n, k), -1, np.int64)
     out_s = np.full((n, k), -np.inf, np.float32)
     if n < 2:
@@ -25,11 +59,7 @@ def knn_other_videos(centroids: np.ndarray, videos: np.ndarray, k: int, use_gpu:
     x = np.ascontiguousarray(centroids, np.float32)
     per_video = int(np.bincount(np.unique(videos, return_inverse=True)[1]).max())
     kk = int(min(n, k + per_video))  # enough to find k neighbours outside the row's own video
-    index = faiss.IndexFlatIP(d)
-    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-    index.add(x)
-    sims, idx = index.search(x, kk)
+    sims, idx = _index(x, use_gpu, approximate).search(x, kk)
     ok = (idx >= 0) & (videos[np.maximum(idx, 0)] != videos[:, None])
     rank = np.cumsum(ok, axis=1)
     rows, cols = np.nonzero(ok & (rank <= k))
@@ -53,3 +83,26 @@ def linking_relations(centroids: np.ndarray, videos: np.ndarray, k: int, thresho
     mutual = np.isin(b * n + a, a * n + b)  # b lists a too
     keep = mutual & (a < b) & (1.0 - s < threshold)
     return np.stack([a[keep], b[keep], 1.0 - s[keep].astype(np.float64)], axis=1).astype(np.float64).reshape(-1, 3)
+
+
+def global_relations(centroids: np.ndarray, videos: np.ndarray, threshold: float, ratio: float,
+                     use_gpu: bool = False, exact_max: int = EXACT_MAX) -> np.ndarray:
+    """The global pass over every identity of the corpus (see the module's docstring): (m, 3)
+    float64 rows (a, b, distance) with a < b. ratio 0: no relations."""
+    n = len(centroids)
+    if n < 2 or ratio <= 0:
+        return np.zeros((0, 3))
+    nn, sim = knn_other_videos(centroids, videos, RUNNERS_UP, use_gpu, approximate=n > exact_max)
+    dist = 1.0 - sim.astype(np.float64)  # inf where no candidate
+    a = np.arange(n)
+    b = nn[:, 0]
+    partner = np.maximum(b, 0)
+    mutual = (b >= 0) & (nn[partner, 0] == a)
+    # the runner-up: the nearest candidate from a video other than the partner's; when the next
+    # candidates are all from the partner's video, the farthest of them (a stricter test)
+    later = nn[:, 1:]
+    third = (later >= 0) & (videos[np.maximum(later, 0)] != videos[partner][:, None])
+    col = np.where(third.any(axis=1), third.argmax(axis=1), later.shape[1] - 1) + 1
+    clear = dist[:, 0] < ratio * dist[a, col]
+    keep = mutual & (a < b) & (dist[:, 0] < threshold) & clear & clear[partner]
+    return np.stack([a[keep], b[keep], dist[keep, 0]], axis=1).reshape(-1, 3)

@@ -40,6 +40,7 @@ from cion_ray.curation.export import (MARKET_NAMING, WDS_INDEX, CropLabeler, Exp
 from cion_ray.curation.sheet import write_sheet
 from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
 from cion_ray.linking.ranges import range_key, sliding_ranges
+from cion_ray.linking.relations import global_relations
 from cion_ray.curation.report import build_report, report_text
 from cion_ray.curation.calibrate import Calibration, Distances, calibrate, pool, video_distances
 from cion_ray.curation.store import (distances_uri, load_distances, load_levels, save_distances, save_levels,
@@ -165,6 +166,13 @@ def _ranges_task(centroids: np.ndarray, video_pos: np.ndarray, spans: list[tuple
     from cion_ray.curation.config import LinkConfig
     cfg = LinkConfig(**link)
     return [range_relations(centroids[a:b], video_pos[a:b], 0, cfg) for a, b in spans]
+
+
+def _global_task(centroids: np.ndarray, video_pos: np.ndarray, link: dict) -> np.ndarray:
+    """The global pass over every identity (curation.core.global_pass)."""
+    from cion_ray.curation.config import LinkConfig
+    cfg = LinkConfig(**link)
+    return global_relations(centroids, video_pos, cfg.threshold, cfg.global_ratio, cfg.use_gpu)
 
 
 class ExportActor:
@@ -430,9 +438,10 @@ def _table(levels: list[dict]) -> IdentityTable:
 
 
 def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[list[np.ndarray], int, int]:
-    """Relations of every range: cached ones are read, the others computed by parallel Ray tasks
-    (consecutive ranges batched per task, so each task does enough work to pay for itself). A
-    range is cached under the L1/L2 keys of its videos and the linking settings."""
+    """Relations of every range, then the global pass's: cached ones are read, the others computed
+    by parallel Ray tasks (consecutive ranges batched per task, so each task does enough work to
+    pay for itself; the global pass one task beside them). A range is cached under the L1/L2 keys
+    of its videos and the linking settings, the global pass under those of every video."""
     import io
     level_keys = [keys.levels[v] for v in table.video_ids]
     ranges = [(s, e, range_key(level_keys[s:e]))
@@ -449,6 +458,13 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
         else:
             todo.append(i)
     reused = len(ranges) - len(todo)
+    global_uri = fs.join(cfg.out, "relations", f"global-{range_key(level_keys)}-{tag}.npy")
+    global_rel, global_ref = np.zeros((0, 3)), None
+    if cfg.link.global_ratio > 0 and len(cent) > 1:
+        if fs.exists(global_uri):
+            global_rel = np.load(io.BytesIO(fs.read_bytes(global_uri)))
+        else:
+            global_ref = ray.remote(num_cpus=1)(_global_task).remote(cent, table.video_pos, link)
     per_task = max(1, min(64, -(-len(todo) // max(1, int(4 * cluster_cpus())))))
     remote = ray.remote(num_cpus=1)(_ranges_task)
     pending: dict = {}
@@ -475,16 +491,20 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
         collect(done[0])
     if progress is not None:
         progress.close()
-    # stored relative to the range's first identity: shift to global indices now
+    if global_ref is not None:
+        global_rel = ray.get(global_ref)
+        _save_npy(global_uri, global_rel)
     out = []
     for (s, _, _), rel in zip(ranges, rels):
         rel = np.array(rel, np.float64).reshape(-1, 3)
         if len(rel):
             rel[:, :2] += table.offsets[s]
         out.append(rel)
+    passes = (f"; the global pass: {len(global_rel)} relations ({'computed' if global_ref is not None else 'reused'})"
+              if cfg.link.global_ratio > 0 and len(cent) > 1 else "")
     log(f"linked {len(ranges)} sliding ranges (window {cfg.link.window}, stride {cfg.link.stride}): "
-        f"{len(todo)} computed, {reused} reused; {sum(len(r) for r in out)} relations")
-    return out, len(todo), reused
+        f"{len(todo)} computed, {reused} reused; {sum(len(r) for r in out)} relations{passes}")
+    return out + [np.asarray(global_rel, np.float64).reshape(-1, 3)], len(todo), reused
 
 
 def _save_npy(uri: str, arr: np.ndarray) -> None:
@@ -577,6 +597,7 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
         lab[kept] = identity_of[table.offsets[i] + d["l2"][kept]]
         final.append(lab)
     link_counts = {"ranges": computed + reused, "ranges_reused": reused, "links": rstats.relations,
+                   "global_links": int(len(relations[-1])),
                    "components_split": rstats.components_split, "unions_refused": rstats.unions_refused,
                    "identities_dropped_small": small}
     report = build_report(levels, final, link_counts)

@@ -27,7 +27,7 @@ import numpy as np
 from cion_ray.config import from_dict
 from cion_ray.curation.config import CurateConfig, DenoiseConfig, LinkConfig
 from cion_ray.curation.core import (CurationResult, VideoCrops, VideoLevels, denoise_video_levels,
-                                    identity_table, ranges_with_keys, reduce_identities, relations_for_range)
+                                    identity_table, link_table, reduce_identities)
 from cion_ray.errors import CionError, ConfigError
 from cion_ray.evaluate.clustering import assignment_quality, pairwise_prf
 from cion_ray.tune.space import SearchSpec, apply_params, leaf_keys
@@ -68,7 +68,7 @@ def prepare_levels(data: SearchData, denoise: DenoiseConfig) -> list[VideoLevels
 def link_levels(levels: list[VideoLevels], link: LinkConfig) -> CurationResult:
     """L3 over the L1/L2 results (`curation.core.curate_local`'s second half)."""
     table = identity_table(levels)
-    relations = [relations_for_range(table, s, e, link) for s, e, _ in ranges_with_keys(table.video_ids, link)]
+    relations = link_table(table, link)
     identity_of, stats, small = reduce_identities(table, relations, link)
     return CurationResult(levels, table, identity_of, relations, stats, small)
 
