@@ -19,7 +19,7 @@ from cion_ray.errors import CionError
 from cion_ray.evaluate.clustering import nmi, pairwise_prf
 from cion_ray.linking.ranges import sliding_ranges
 from cion_ray.linking.reduce import reduce_relations
-from cion_ray.linking.relations import global_relations, linking_relations
+from cion_ray.linking.relations import clear_mutual_pairs, global_candidates, global_relations, linking_relations
 from cion_ray.linking.union_find import UnionFind, tree_reduce
 
 D = 16
@@ -117,18 +117,20 @@ def _videos_with(people_per_video: list[list[int]]) -> list[VideoCrops]:
     return out
 
 
-@pytest.mark.parametrize("global_ratio", [0.0, 0.8])
-def test_l3_links_within_a_range_or_globally_and_never_inside_a_video(global_ratio):
+@pytest.mark.parametrize("global_ratio, global_max, linked", [(0.0, 100, False), (0.8, 100, True), (0.8, 5, False)])
+def test_l3_links_within_a_range_or_globally_and_never_inside_a_video(global_ratio, global_max, linked):
     # person 0 in videos 0 and 1 (near: linked); person 1 in videos 0 and 7 (far: linked only by
     # the global pass); video 3 shows person 2 twice (two tracklets at once): never one identity
     layout = [[0, 1], [0, 3], [4], [2, 2], [5], [6], [7], [1]]
     videos = _videos_with(layout)
-    cfg = LinkConfig(window=4, stride=2, k=2, threshold=0.1, drift=0.1, min_images=1, global_ratio=global_ratio)
+    # global_max 5: more identities than that, the global pass does not run
+    cfg = LinkConfig(window=4, stride=2, k=2, threshold=0.1, drift=0.1, min_images=1, global_ratio=global_ratio,
+                     global_max=global_max)
     res = curate_local(videos, DenoiseConfig(radius=0.3, min_len=3, merge=0.1), cfg)
     lab = res.sample_labels()
     assert lab[0][0] == lab[1][0]  # person 0 across videos 0 and 1
     # person 1: videos 0 and 7 never share a range
-    assert (lab[0][10] == lab[7][0]) == (global_ratio > 0)
+    assert (lab[0][10] == lab[7][0]) == linked
     assert lab[3][0] != lab[3][10]  # two tracklets of one video co-occurring
     for rel in res.relations:
         a, b = rel[:, 0].astype(int), rel[:, 1].astype(int)
@@ -161,15 +163,17 @@ def test_global_pass_links_a_clear_match_anywhere_and_refuses_an_ambiguous_one()
     assert relations(look=0.2, ratio=0.0) == set()  # ratio 0: the pass is off
 
 
-def test_global_pass_on_an_ivf_index_finds_the_exact_relations_on_separated_data():
+def test_global_pass_searched_in_chunks_equals_one_search():
     rng = np.random.default_rng(4)
-    people = normalize(rng.normal(size=(1500, D)))
+    people = normalize(rng.normal(size=(300, D)))
     cent = normalize(np.concatenate([people, people + rng.normal(0, 0.02, size=people.shape)])).astype(np.float32)
-    videos = np.concatenate([rng.integers(0, 50, 1500), rng.integers(50, 100, 1500)])
-    exact = global_relations(cent, videos, threshold=0.1, ratio=0.8)
-    approx = global_relations(cent, videos, threshold=0.1, ratio=0.8, exact_max=100)
-    assert len(exact) > 1400  # nearly every person links its two views
-    assert {tuple(r) for r in exact[:, :2].astype(int)} == {tuple(r) for r in approx[:, :2].astype(int)}
+    videos = np.concatenate([rng.integers(0, 10, 300), rng.integers(10, 20, 300)])
+    whole = global_relations(cent, videos, threshold=0.1, ratio=0.8)
+    parts = [global_candidates(cent, videos, (lo, min(lo + 250, 600))) for lo in range(0, 600, 250)]
+    chunked = clear_mutual_pairs(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                                 videos, threshold=0.1, ratio=0.8)
+    assert len(whole) > 250  # nearly every person links its two views
+    np.testing.assert_array_equal(whole, chunked)
 
 
 def test_reducer_splits_chains_through_one_video():

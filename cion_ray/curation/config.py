@@ -75,6 +75,7 @@ class LinkConfig:
     k: int = 2  # identities of different videos link only as mutual k-nearest neighbours
     threshold: float = 0.08  # ... and closer than this
     global_ratio: float = 0.8  # global pass: identities that are each other's nearest of another video in the whole corpus link when closer than the threshold and than this x the runner-up's distance; 0: off
+    global_max: int = 200_000  # the global pass runs on corpora of at most this many identities (its cost grows as their square); above, it is skipped and the report says so
     drift: float = 0.08  # linked components with members farther than this from their centroid are split
     min_images: int = 8  # identities with fewer samples are dropped at the end
     use_gpu: bool = False  # neighbour search on a GPU (faiss) when there is one
@@ -87,6 +88,7 @@ class LinkConfig:
         require(self.threshold > 0, "link.threshold", "> 0", self.threshold)
         require(0 <= self.global_ratio <= 1, "link.global_ratio", "in [0, 1] (0 turns the global pass off)",
                 self.global_ratio)
+        require(self.global_max >= 0, "link.global_max", ">= 0", self.global_max)
         require(self.drift > 0, "link.drift", "> 0", self.drift)
         require(self.min_images >= 1, "link.min_images", ">= 1", self.min_images)
 

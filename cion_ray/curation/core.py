@@ -132,8 +132,15 @@ def relations_for_range(table: IdentityTable, start: int, end: int, cfg: LinkCon
     return range_relations(table.centroids[lo:hi], table.video_pos[lo:hi], lo, cfg)
 
 
+def global_pass_runs(n_identities: int, cfg: LinkConfig) -> bool:
+    """Whether the global pass runs on a corpus of this many identities."""
+    return cfg.global_ratio > 0 and 1 < n_identities <= cfg.global_max
+
+
 def global_pass(table: IdentityTable, cfg: LinkConfig) -> np.ndarray:
-    """The global pass's relations over every identity of the table (none when it is off)."""
+    """The global pass's relations over every identity of the table (none when it does not run)."""
+    if not global_pass_runs(len(table.counts), cfg):
+        return np.zeros((0, 3))
     return global_relations(table.centroids, table.video_pos, cfg.threshold, cfg.global_ratio, cfg.use_gpu)
 
 

@@ -12,33 +12,23 @@ Identity centroids are L2-normalised, so cosine distance d = 1 - <a, b>.
                     look-alikes, whose runner-up is nearly as close (more of them in a larger
                     corpus, so the pass grows stricter as the corpus grows).
 
-Inner-product search with faiss (GPU index when asked): exact, and for the global pass over more
-than EXACT_MAX identities an inverted-file index (IVF, 2 sqrt(n) lists, 16 probed), whose cost
-grows as n^1.5 instead of n^2.
+Exact inner-product search with faiss (GPU index when asked). The global pass costs n^2 x D:
+the runtime splits its queries into chunks, one Ray task each, and skips the pass (saying so)
+above `link.global_max` identities.
 """
 from __future__ import annotations
 
 import numpy as np
 
 
-EXACT_MAX = 50_000  # identities up to which the global pass searches exactly
 RUNNERS_UP = 4  # candidates the global pass reads per identity: the nearest and its runners-up
-IVF_PROBES = 16
 
 
-def _index(x: np.ndarray, use_gpu: bool, approximate: bool):
-    """A faiss inner-product index holding x: exact, or IVF (trained on a seeded sample)."""
+def _index(x: np.ndarray, use_gpu: bool):
+    """A faiss exact inner-product index holding x."""
     import faiss
 
-    n, d = x.shape
-    if approximate:
-        lists = max(1, min(n // 40, int(2 * np.sqrt(n))))  # faiss wants >= 39 training rows per list
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, lists, faiss.METRIC_INNER_PRODUCT)
-        rows = np.random.default_rng(0).choice(n, min(n, 40 * lists), replace=False)
-        index.train(np.ascontiguousarray(x[np.sort(rows)]))
-        index.nprobe = min(lists, IVF_PROBES)
-    else:
-        index = faiss.IndexFlatIP(d)
+    index = faiss.IndexFlatIP(x.shape[1])
     if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
     index.add(x)
@@ -46,21 +36,22 @@ def _index(x: np.ndarray, use_gpu: bool, approximate: bool):
 
 
 def knn_other_videos(centroids: np.ndarray, videos: np.ndarray, k: int, use_gpu: bool = False,
-                     approximate: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """For each row, its k most similar rows from other videos (approximate: an IVF index).
+                     rows: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For each row (or each of rows start..stop), its k most similar rows from other videos.
 
-    centroids: (n, D) float32, L2-normalised; videos: (n,) ints. Returns (n, k) indices
-    (-1 where fewer exist) and (n, k) cosine similarities (-inf there)."""
+    centroids: (n, D) float32, L2-normalised; videos: (n,) ints. Returns (m, k) indices
+    (-1 where fewer exist) and (m, k) cosine similarities (-inf there)."""
     n = len(centroids)
-    out_i = np.full((n, k), -1, np.int64)
-    out_s = np.full((n, k), -np.inf, np.float32)
-    if n < 2:
+    lo, hi = rows or (0, n)
+    out_i = np.full((hi - lo, k), -1, np.int64)
+    out_s = np.full((hi - lo, k), -np.inf, np.float32)
+    if n < 2 or hi <= lo:
         return out_i, out_s
     x = np.ascontiguousarray(centroids, np.float32)
     per_video = int(np.bincount(np.unique(videos, return_inverse=True)[1]).max())
     kk = int(min(n, k + per_video))  # enough to find k neighbours outside the row's own video
-    sims, idx = _index(x, use_gpu, approximate).search(x, kk)
-    ok = (idx >= 0) & (videos[np.maximum(idx, 0)] != videos[:, None])
+    sims, idx = _index(x, use_gpu).search(x[lo:hi], kk)
+    ok = (idx >= 0) & (videos[np.maximum(idx, 0)] != videos[lo:hi, None])
     rank = np.cumsum(ok, axis=1)
     rows, cols = np.nonzero(ok & (rank <= k))
     pos = rank[rows, cols] - 1
@@ -85,14 +76,20 @@ def linking_relations(centroids: np.ndarray, videos: np.ndarray, k: int, thresho
     return np.stack([a[keep], b[keep], 1.0 - s[keep].astype(np.float64)], axis=1).astype(np.float64).reshape(-1, 3)
 
 
-def global_relations(centroids: np.ndarray, videos: np.ndarray, threshold: float, ratio: float,
-                     use_gpu: bool = False, exact_max: int = EXACT_MAX) -> np.ndarray:
-    """The global pass over every identity of the corpus (see the module's docstring): (m, 3)
-    float64 rows (a, b, distance) with a < b. ratio 0: no relations."""
-    n = len(centroids)
+def global_candidates(centroids: np.ndarray, videos: np.ndarray, rows: tuple[int, int] | None = None,
+                      use_gpu: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The global pass's search, for rows start..stop (all by default) against every identity:
+    -> ((m, RUNNERS_UP) indices, (m, RUNNERS_UP) cosine similarities), as knn_other_videos."""
+    return knn_other_videos(centroids, videos, RUNNERS_UP, use_gpu, rows)
+
+
+def clear_mutual_pairs(nn: np.ndarray, sim: np.ndarray, videos: np.ndarray, threshold: float,
+                       ratio: float) -> np.ndarray:
+    """The global pass's relations from every identity's candidates (global_candidates over all
+    rows, in order): (m, 3) float64 rows (a, b, distance) with a < b. ratio 0: none."""
+    n = len(nn)
     if n < 2 or ratio <= 0:
         return np.zeros((0, 3))
-    nn, sim = knn_other_videos(centroids, videos, RUNNERS_UP, use_gpu, approximate=n > exact_max)
     dist = 1.0 - sim.astype(np.float64)  # inf where no candidate
     a = np.arange(n)
     b = nn[:, 0]
@@ -106,3 +103,13 @@ def global_relations(centroids: np.ndarray, videos: np.ndarray, threshold: float
     clear = dist[:, 0] < ratio * dist[a, col]
     keep = mutual & (a < b) & (dist[:, 0] < threshold) & clear & clear[partner]
     return np.stack([a[keep], b[keep], dist[keep, 0]], axis=1).reshape(-1, 3)
+
+
+def global_relations(centroids: np.ndarray, videos: np.ndarray, threshold: float, ratio: float,
+                     use_gpu: bool = False) -> np.ndarray:
+    """The global pass over every identity of the corpus, in this process (see the module's
+    docstring): (m, 3) float64 rows (a, b, distance) with a < b. ratio 0: no relations."""
+    if len(centroids) < 2 or ratio <= 0:
+        return np.zeros((0, 3))
+    nn, sim = global_candidates(centroids, videos, use_gpu=use_gpu)
+    return clear_mutual_pairs(nn, sim, videos, threshold, ratio)

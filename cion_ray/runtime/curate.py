@@ -34,13 +34,13 @@ from ray.data.expressions import col
 from cion_ray.config import from_dict
 from cion_ray.curation.config import CurateConfig
 from cion_ray.curation.core import (IdentityTable, VideoCrops, VideoLevels, check_unique, clean_features,
-                                    denoise_video_levels, range_relations, reduce_identities)
+                                    denoise_video_levels, global_pass_runs, range_relations, reduce_identities)
 from cion_ray.curation.export import (MARKET_NAMING, WDS_INDEX, CropLabeler, ExportPlan, crops_row_groups,
                                       export_plan, export_task, finish_export, plan_pieces, write_cion_al)
 from cion_ray.curation.sheet import write_sheet
 from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
 from cion_ray.linking.ranges import range_key, sliding_ranges
-from cion_ray.linking.relations import global_relations
+from cion_ray.linking.relations import clear_mutual_pairs, global_candidates
 from cion_ray.curation.report import build_report, report_text
 from cion_ray.curation.calibrate import Calibration, Distances, calibrate, pool, video_distances
 from cion_ray.curation.store import (distances_uri, load_distances, load_levels, save_distances, save_levels,
@@ -168,11 +168,10 @@ def _ranges_task(centroids: np.ndarray, video_pos: np.ndarray, spans: list[tuple
     return [range_relations(centroids[a:b], video_pos[a:b], 0, cfg) for a, b in spans]
 
 
-def _global_task(centroids: np.ndarray, video_pos: np.ndarray, link: dict) -> np.ndarray:
-    """The global pass over every identity (curation.core.global_pass)."""
-    from cion_ray.curation.config import LinkConfig
-    cfg = LinkConfig(**link)
-    return global_relations(centroids, video_pos, cfg.threshold, cfg.global_ratio, cfg.use_gpu)
+def _global_task(centroids: np.ndarray, video_pos: np.ndarray, lo: int, hi: int, use_gpu: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The global pass's search for identities lo..hi against every identity."""
+    return global_candidates(centroids, video_pos, (lo, hi), use_gpu)
 
 
 class ExportActor:
@@ -459,12 +458,18 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
             todo.append(i)
     reused = len(ranges) - len(todo)
     global_uri = fs.join(cfg.out, "relations", f"global-{range_key(level_keys)}-{tag}.npy")
-    global_rel, global_ref = np.zeros((0, 3)), None
-    if cfg.link.global_ratio > 0 and len(cent) > 1:
+    global_rel, global_refs = np.zeros((0, 3)), []
+    run_global = global_pass_runs(len(cent), cfg.link)
+    if run_global:
         if fs.exists(global_uri):
             global_rel = np.load(io.BytesIO(fs.read_bytes(global_uri)))
         else:
-            global_ref = ray.remote(num_cpus=1)(_global_task).remote(cent, table.video_pos, link)
+            # query chunks as tasks beside the ranges, each against every identity
+            refs = ray.put(cent), ray.put(table.video_pos)
+            step = max(5000, -(-len(cent) // max(1, int(2 * cluster_cpus()))))
+            task = ray.remote(num_cpus=1)(_global_task)
+            global_refs = [task.remote(*refs, lo, min(lo + step, len(cent)), cfg.link.use_gpu)
+                           for lo in range(0, len(cent), step)]
     per_task = max(1, min(64, -(-len(todo) // max(1, int(4 * cluster_cpus())))))
     remote = ray.remote(num_cpus=1)(_ranges_task)
     pending: dict = {}
@@ -491,8 +496,10 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
         collect(done[0])
     if progress is not None:
         progress.close()
-    if global_ref is not None:
-        global_rel = ray.get(global_ref)
+    if global_refs:
+        parts = ray.get(global_refs)
+        global_rel = clear_mutual_pairs(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                                        table.video_pos, cfg.link.threshold, cfg.link.global_ratio)
         _save_npy(global_uri, global_rel)
     out = []
     for (s, _, _), rel in zip(ranges, rels):
@@ -500,8 +507,8 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
         if len(rel):
             rel[:, :2] += table.offsets[s]
         out.append(rel)
-    passes = (f"; the global pass: {len(global_rel)} relations ({'computed' if global_ref is not None else 'reused'})"
-              if cfg.link.global_ratio > 0 and len(cent) > 1 else "")
+    passes = (f"; the global pass: {len(global_rel)} relations ({'computed' if global_refs else 'reused'})"
+              if run_global else "")
     log(f"linked {len(ranges)} sliding ranges (window {cfg.link.window}, stride {cfg.link.stride}): "
         f"{len(todo)} computed, {reused} reused; {sum(len(r) for r in out)} relations{passes}")
     return out + [np.asarray(global_rel, np.float64).reshape(-1, 3)], len(todo), reused
@@ -588,6 +595,10 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
         notes.append("a single video: there is nothing to link across videos (L3 keeps the L2 identities)")
     if not any(len(d["l2"]) for d in levels):
         notes.append("no crops in any video: nothing to curate")
+    if cfg.link.global_ratio > 0 and len(table.counts) > cfg.link.global_max:
+        notes.append(f"the global linking pass was skipped: {len(table.counts)} identities, more than "
+                     f"link.global_max ({cfg.link.global_max}); its cost grows as their square. Videos more than "
+                     f"window - stride apart link only through others; raise link.global_max to run it")
     relations, computed, reused = _link(cfg, table, keys, log)
     identity_of, rstats, small = reduce_identities(table, relations, cfg.link)
     final = []
