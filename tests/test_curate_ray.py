@@ -55,8 +55,9 @@ def test_track_then_curate_reaches_f1_on_default_world(curated):
     assert lv["L3"]["f1"] > lv["tracker"]["f1"] and lv["L3"]["f1"] > lv["L2"]["f1"]
     c = r.report["counts"]
     assert c["links"] > 0 and c["identities_out"] == r.identities and c["samples_out"] == r.samples
+    assert c["global_links"] > 0 and len(list((root / "out" / "relations").glob("global-*.npy"))) == 1
     text = (root / "out" / "report.txt").read_text()
-    assert "L3" in text and "tracklet merges" in text
+    assert "L3" in text and "tracklet merges" in text and "found by the global pass" in text
 
 
 def test_outputs_identities_json_market_and_sheet(curated):
@@ -128,6 +129,13 @@ def test_incremental_curation_equals_from_scratch(tiny_world, tmp_path):
     assert scratch.ranges_computed == 3
     assert _partition(tmp_path / "inc") == _partition(tmp_path / "scratch")
     assert _identities(tmp_path / "inc").equals(_identities(tmp_path / "scratch"))  # ids too: numbered canonically
+    # above link.global_max identities the global pass is skipped, and the report says so
+    capped = run_curate(CurateConfig(crops=str(tmp_path / "crops"), out=str(tmp_path / "capped"),
+                                     link=LinkConfig(window=2, stride=1, min_images=4, global_max=2),
+                                     calibrate=fixed), **QUIET)
+    assert capped.report["counts"]["global_links"] == 0
+    assert any("global linking pass was skipped" in n for n in capped.report["notes"])
+    assert scratch.report["counts"]["global_links"] >= 0 and not any("global" in n for n in scratch.report["notes"])
     # calibrated, the new video's distances may move the thresholds (then every video is denoised
     # again); only the new video is embedded, and the result is the fresh curation's
     cal_inc = curate("inc-cal", CalibrateConfig())
