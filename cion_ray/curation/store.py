@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 
 import numpy as np
 
@@ -29,10 +30,20 @@ def save_levels(uri: str, lv: VideoLevels, frame: np.ndarray, gt: np.ndarray | N
     fs.write_bytes_atomic(uri, buf.getvalue())
 
 
+# numpy parses each array's header with ast.literal_eval, and CPython 3.11's ast is not safe
+# across threads ("SystemError: AST constructor recursion depth mismatch"); the runtime loads
+# these files from a thread pool, so the reads run in parallel and the decoding one at a time
+_DECODE = threading.Lock()
+
+
+def _arrays(data: bytes) -> dict[str, np.ndarray]:
+    with _DECODE, np.load(io.BytesIO(data), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
 def load_levels(uri: str) -> dict:
     """-> dict of arrays (crop_id, track_id, frame, l1, l2, sums, counts, gt) and stats (dict)."""
-    with np.load(io.BytesIO(fs.read_bytes(uri)), allow_pickle=False) as z:
-        d = {k: z[k] for k in z.files}
+    d = _arrays(fs.read_bytes(uri))
     d["stats"] = json.loads(str(d["stats"]))
     return d
 
@@ -52,5 +63,4 @@ def save_distances(uri: str, d) -> None:
 def load_distances(uri: str):
     from cion_ray.curation.calibrate import Distances
 
-    with np.load(io.BytesIO(fs.read_bytes(uri)), allow_pickle=False) as z:
-        return Distances.from_npz(z)
+    return Distances.from_npz(_arrays(fs.read_bytes(uri)))
