@@ -135,7 +135,7 @@ def test_incremental_curation_equals_from_scratch(tiny_world, tmp_path):
                                      calibrate=fixed), **QUIET)
     assert capped.report["counts"]["global_links"] == 0
     assert any("global linking pass was skipped" in n for n in capped.report["notes"])
-    assert scratch.report["counts"]["global_links"] >= 0 and not any("global" in n for n in scratch.report["notes"])
+    assert not any("global" in n for n in scratch.report["notes"])
     # calibrated, the new video's distances may move the thresholds (then every video is denoised
     # again); only the new video is embedded, and the result is the fresh curation's
     cal_inc = curate("inc-cal", CalibrateConfig())

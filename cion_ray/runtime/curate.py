@@ -168,12 +168,6 @@ def _ranges_task(centroids: np.ndarray, video_pos: np.ndarray, spans: list[tuple
     return [range_relations(centroids[a:b], video_pos[a:b], 0, cfg) for a, b in spans]
 
 
-def _global_task(centroids: np.ndarray, video_pos: np.ndarray, lo: int, hi: int, use_gpu: bool
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """The global pass's search for identities lo..hi against every identity."""
-    return global_candidates(centroids, video_pos, (lo, hi), use_gpu)
-
-
 class ExportActor:
     """One export writer of the pool: a task (the pieces of one row group of a crops file) ->
     its crops labelled, their files written (cion_ray.curation.export.export_task), its
@@ -439,7 +433,7 @@ def _table(levels: list[dict]) -> IdentityTable:
 def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[list[np.ndarray], int, int]:
     """Relations of every range, then the global pass's: cached ones are read, the others computed
     by parallel Ray tasks (consecutive ranges batched per task, so each task does enough work to
-    pay for itself; the global pass one task beside them). A range is cached under the L1/L2 keys
+    pay for itself; the global pass in query chunks beside them). A range is cached under the L1/L2 keys
     of its videos and the linking settings, the global pass under those of every video."""
     import io
     level_keys = [keys.levels[v] for v in table.video_ids]
@@ -467,8 +461,8 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
             # query chunks as tasks beside the ranges, each against every identity
             refs = ray.put(cent), ray.put(table.video_pos)
             step = max(5000, -(-len(cent) // max(1, int(2 * cluster_cpus()))))
-            task = ray.remote(num_cpus=1)(_global_task)
-            global_refs = [task.remote(*refs, lo, min(lo + step, len(cent)), cfg.link.use_gpu)
+            task = ray.remote(num_cpus=1)(global_candidates)
+            global_refs = [task.remote(*refs, (lo, min(lo + step, len(cent))), cfg.link.use_gpu)
                            for lo in range(0, len(cent), step)]
     per_task = max(1, min(64, -(-len(todo) // max(1, int(4 * cluster_cpus())))))
     remote = ray.remote(num_cpus=1)(_ranges_task)
@@ -501,6 +495,7 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
         global_rel = clear_mutual_pairs(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
                                         table.video_pos, cfg.link.threshold, cfg.link.global_ratio)
         _save_npy(global_uri, global_rel)
+    # stored relative to the range's first identity: shift to global indices now
     out = []
     for (s, _, _), rel in zip(ranges, rels):
         rel = np.array(rel, np.float64).reshape(-1, 3)
