@@ -231,3 +231,16 @@ def test_a_failed_overwrite_keeps_the_committed_crops(tiny_world, other_world, t
         u["crops"] for u in json.loads((crops / "_manifest.json").read_text())["units"].values())
     _track(other_world, crops, overwrite=True)  # the overwrite that commits removes the old run's files
     assert len(os.listdir(crops / "crops")) == 1
+
+
+def test_an_output_given_as_a_relative_path_commits_and_reads_back(tmp_path, monkeypatch):
+    import pyarrow as pa
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "crops" / "run-1").mkdir(parents=True)
+    pq.write_table(pa.table({"x": [1, 2, 3]}), tmp_path / "out" / "crops" / "run-1" / "part.parquet")
+    m = runs.commit("out", runs.empty_manifest("track", "f", {}), {"run_id": "run-1",
+                    "files": ["crops/run-1/part.parquet"]}, {})
+    assert m["runs"][0]["records"][0]["path"] == "crops/run-1/part.parquet"
+    assert m["runs"][0]["records"][0]["rows"] == 3
+    assert runs.committed_files("out", "track") == [os.path.join("out", "crops", "run-1", "part.parquet")]

@@ -89,7 +89,10 @@ def same_source(a: dict | None, b: dict) -> bool:
 
 def relative(out: str, uri: str) -> str:
     """`uri` relative to the output `out` (as listed in manifests)."""
-    base = out.rstrip("/") + "/" if fs.is_remote(out) else os.path.abspath(out).rstrip(os.sep) + os.sep
+    if fs.is_remote(out):
+        base = out.rstrip("/") + "/"
+    else:  # either may be relative to the working directory (an API caller's out="runs/x")
+        base, uri = os.path.abspath(out).rstrip(os.sep) + os.sep, os.path.abspath(uri)
     if not uri.startswith(base):
         raise CionError(f"{uri}: not inside the output {out}")
     return uri[len(base):].replace(os.sep, "/")
