@@ -132,4 +132,5 @@ def test_unknown_metric_flag(tmp_path):
     args.metric, args.trials = "nmi", 3
     spec, base = prepare(args)  # the shipped space is valid
     assert spec.metric == "nmi" and spec.trials == 3 and base.calibrate.enabled
-    assert set(spec.keys) == {"denoise.radius", "denoise.merge", "link.threshold", "link.k", "link.drift"}
+    assert set(spec.keys) == {"denoise.radius", "denoise.merge", "link.threshold", "link.k", "link.drift",
+                              "link.global_ratio"}

@@ -152,13 +152,6 @@ def _chunk_dataset(chunks: list[Chunk]):
     return ray.data.from_items([c.to_row() for c in chunks], override_num_blocks=max(1, len(chunks)))
 
 
-def _rel(out: str, uris: list[str]) -> list[str]:
-    base = out.rstrip("/") + ("/" if fs.is_remote(out) else os.sep)
-    if not fs.is_remote(out):
-        base = os.path.abspath(out).rstrip(os.sep) + os.sep
-    return [u[len(base):] if u.startswith(base) else u for u in uris]
-
-
 def _write(ds, uri: str) -> list[str]:
     pa_fs, path = fs.arrow_fs(uri)
     # ~20-50 MB files; small enough that writing overlaps tracking instead of waiting for the end
@@ -435,8 +428,8 @@ def _track_videos(cfg: TrackConfig, todo: list[str], sources: dict[str, dict], m
         result.skipped.append({"video_id": vid, "reason": reason})
         log(f"skipped {reason}")
     units = _written_units(cfg, chunks, files, events, failed, sources, run_id)
-    run = {"run_id": run_id, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": _rel(out, files),
-           "videos": sorted(units)}
+    run = {"run_id": run_id, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+           "files": [stage.relative(out, f) for f in files], "videos": sorted(units)}
     m = runs.commit(out, m, run, units)
     fs.remove_tree(tmp_dir)
     _sweep(out, m)
