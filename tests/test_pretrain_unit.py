@@ -479,3 +479,20 @@ def test_labels_are_canonical_whatever_order_and_numbers_the_data_was_written_in
     renumbered = np.asarray([{7: 40, 3: 2, 9: 12}[int(i)] for i in ident[perm]])
     b = canonical(LabelTable("parquet", keys[perm], renumbered, [], "b", ""))
     assert list(b.keys) == list(a.keys) and list(b.identity) == list(a.identity)
+
+
+def test_epoch_log_puts_losses_and_retrieval_in_tensorboard_and_metrics_json(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cion_ray.pretrain.metrics import EpochLog
+
+    log = EpochLog(str(tmp_path))
+    log({"epoch": 1, "loss": 10.5, "k": 2, "val_mAP": 0.41, "val_rank1": 0.5})
+    log({"epoch": 2, "loss": 10.1, "k": 4, "eval_mAP": 0.62, "eval_rank1": 0.7, "eval_mINP": 0.3,
+         "val_mAP": 0.47, "val_rank1": 0.55})
+    log.close()
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert {"pretrain/loss", "pretrain/val_mAP", "pretrain/eval_mAP", "pretrain/eval_mINP"} <= set(acc.Tags()["scalars"])
+    assert [(e.step, round(e.value, 2)) for e in acc.Scalars("pretrain/val_mAP")] == [(1, 0.41), (2, 0.47)]
+    assert [m["epoch"] for m in json.loads((tmp_path / "metrics.json").read_text())] == [1, 2]

@@ -10,7 +10,9 @@ from pathlib import Path
 from cion_ray.io import fs
 
 SCALARS = ("loss", "teacher_entropy", "kl", "teacher_mean_entropy", "koleo", "feature_similarity", "teacher_temp",
-           "lr", "weight_decay", "momentum", "images_per_s", "k")
+           "lr", "weight_decay", "momentum", "images_per_s", "k",
+           # retrieval at checkpoints: the labelled held-out split (eval_*) and the validation identities (val_*)
+           "eval_mAP", "eval_rank1", "eval_mINP", "val_mAP", "val_rank1", "val_mINP")
 
 
 class EpochLog:
