@@ -114,20 +114,20 @@ def train(args) -> int:
     (out / "round2.json").write_text(json.dumps({
         "crop_ids": t.column("crop_id").to_pylist(), "history": history, "train_seconds": train_s,
         "embed_seconds": embed_s, "arch": cfg.model.arch, "settings": FIXES + args.set,
-        "epochs": args.epochs, "iters": args.iters, "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "none (cpu)"}))
+        "epochs": args.epochs, "iters": args.iters,
+        "gpu": torch.cuda.get_device_name(0) if args.device == "cuda" else "none (cpu)"}))
     print(f"[round2] trained in {train_s:.0f} s; {len(feats)} crops embedded ({feats.shape[1]} dims) in "
           f"{embed_s:.1f} s", flush=True)
     return 0
 
 
 def score(args) -> int:
+    from bench_curation import report
     from tune_curation import nearest_same
 
     from cion_ray.curation.calibrate import curate_calibrated
     from cion_ray.curation.config import CalibrateConfig, DenoiseConfig, LinkConfig
-    from cion_ray.curation.core import VideoCrops
-    from cion_ray.curation.gt import crop_identities, gt_layout, load_gt
-    from cion_ray.curation.report import build_report
+    from cion_ray.curation.local import labelled_videos
     from cion_ray.embed.handcrafted import HandcraftedEmbedder
 
     work = Path(args.work)
@@ -141,27 +141,11 @@ def score(args) -> int:
         feats = np.concatenate([np.load(f) for f in sorted(Path(d).glob("feats-*.npy"))]).astype(np.float32)
         runs.append((f"round 2: {meta['arch']} pre-trained on {labels}", feats, meta))
     feats1 = HandcraftedEmbedder()(t.column("crop").to_pylist())
-    vid = np.array(t.column("video_id").to_pylist())
-    world = str(work / "world")
-    _, mapping = gt_layout(world)
     results = {}
     for name, feats, _ in [("round 1: hand-crafted descriptor", feats1, None)] + runs:
-        videos, gts = [], []
-        for v in sorted(set(vid)):
-            m = vid == v
-            fr, tr = t.column("frame").to_numpy()[m], t.column("track_id").to_numpy()[m]
-            boxes = np.stack([t.column(c).to_numpy()[m] for c in ("x1", "y1", "x2", "y2")], axis=1)
-            videos.append(VideoCrops(v, np.array(t.column("crop_id").to_pylist(), object)[m], tr, fr, feats[m]))
-            gts.append(crop_identities(v, fr, boxes, load_gt(world, v), mapping))
-        gt = np.concatenate(gts)
+        videos, gt = labelled_videos(t, feats, work / "world")
         res, cal, _ = curate_calibrated(videos, DenoiseConfig(), LinkConfig(), CalibrateConfig())
-        rows, off = [], 0
-        for v, lv in zip(videos, res.levels):
-            n = len(v.crop_id)
-            rows.append({"video_id": v.video_id, "track_id": v.track_id, "l1": lv.l1, "l2": lv.l2,
-                         "counts": lv.counts, "stats": lv.stats, "gt": gt[off:off + n]})
-            off += n
-        rep = build_report(rows, res.sample_labels(), {})
+        rep = report(videos, gt, res)
         results[name] = {"levels": rep["levels"], "thresholds": cal.to_json()["thresholds"],
                          "nearest_same": nearest_same(videos, gt), "dim": int(feats.shape[1])}
         l3 = rep["levels"]["L3"]

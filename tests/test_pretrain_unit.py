@@ -493,6 +493,7 @@ def test_epoch_log_puts_losses_and_retrieval_in_tensorboard_and_metrics_json(tmp
     log.close()
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
-    assert {"pretrain/loss", "pretrain/val_mAP", "pretrain/eval_mAP", "pretrain/eval_mINP"} <= set(acc.Tags()["scalars"])
+    tags = set(acc.Tags()["scalars"])
+    assert {"pretrain/loss", "pretrain/val_mAP", "pretrain/eval_mAP", "pretrain/eval_mINP"} <= tags
     assert [(e.step, round(e.value, 2)) for e in acc.Scalars("pretrain/val_mAP")] == [(1, 0.41), (2, 0.47)]
     assert [m["epoch"] for m in json.loads((tmp_path / "metrics.json").read_text())] == [1, 2]
