@@ -19,7 +19,6 @@ Three steps, because the GPU machine has no Ray:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import sys
@@ -39,12 +38,14 @@ FIXES = ["model.head_bn=true", "optim.centering=sinkhorn", "optim.teacher_temp=0
 
 
 def crops_table(crops: str):
-    """The tracking output's crops, sorted by crop id: pyarrow Table (crop_id, video_id, track_id,
-    frame, x1, y1, x2, y2, crop)."""
+    """The tracking output's committed crops, sorted by crop id: pyarrow Table (crop_id, video_id,
+    track_id, frame, x1, y1, x2, y2, crop)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = sorted(glob.glob(os.path.join(crops, "**", "*.parquet"), recursive=True))
+    from cion_ray.io import runs
+
+    files = runs.committed_files(crops, "track")
     cols = ["crop_id", "video_id", "track_id", "frame", "x1", "y1", "x2", "y2", "crop"]
     t = pa.concat_tables([pq.read_table(f, columns=cols) for f in files])
     return t.take(np.argsort(np.array(t.column("crop_id").to_pylist(), object), kind="stable"))
@@ -56,12 +57,10 @@ def prepare(args) -> int:
     from cion_ray.curation.config import CurateConfig
     from cion_ray.runtime.curate import run_curate
     from cion_ray.runtime.track import run_track
-    from cion_ray.synth import generate_world
+    from cion_ray.synth import SynthConfig, generate_world
     from cion_ray.tracking.config import DetectorConfig, TrackConfig
 
     out = Path(args.work) / args.world
-    from cion_ray.synth import SynthConfig
-
     cfg = SynthConfig(seed=0) if args.world == "seed0" else WORLDS[args.world][1]
     world = generate_world(cfg, out / "world")
     run_track(TrackConfig(videos=str(world.out / "videos"), out=str(out / "crops"),
