@@ -10,8 +10,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cion_ray.curation.config import DenoiseConfig, LinkConfig
-from cion_ray.curation.core import (VideoCrops, check_unique, curate_local, denoise_video_levels, identity_table,
-                                    relations_for_range)
+from cion_ray.curation.core import (IdentityTable, VideoCrops, check_unique, curate_local, denoise_video_levels,
+                                    global_pass, identity_table, relations_for_range)
 from cion_ray.denoise.tracklet import normalize, single_tracklet_denoise
 from cion_ray.denoise.video import merge_tracklets, reallocate, video_denoise
 from cion_ray.embed.handcrafted import DIM, HandcraftedEmbedder, describe_bgr
@@ -161,6 +161,29 @@ def test_global_pass_links_a_clear_match_anywhere_and_refuses_an_ambiguous_one()
     assert relations(look=0.022) == set()  # a look-alike nearly as close: refused ...
     assert relations(look=0.022, ratio=1.0) == {(0, 1)}  # ... by the ratio test alone
     assert relations(look=0.2, ratio=0.0) == set()  # ratio 0: the pass is off
+
+
+def test_global_pass_reaches_global_scale_times_the_threshold_and_ranges_do_not():
+    rng = np.random.default_rng(5)
+    # identities 0 (video 0) and 1 (video 1) are one person seen 0.15 apart by two cameras, over the
+    # link threshold 0.1 and under 2 x it; identities 2.. are other people, one per video
+    cent = normalize(np.stack([BASES[0], _near(0, 0.15, rng)] + [BASES[p] for p in range(1, 8)]))
+    n = len(cent)
+    table = IdentityTable(np.arange(n), cent.astype(np.float64), np.ones(n, np.int64), np.arange(n + 1),
+                          [f"v{i}" for i in range(n)])
+
+    def linked(**kw) -> bool:
+        cfg = LinkConfig(window=4, stride=2, threshold=0.1, **kw)
+        return (0, 1) in {(int(a), int(b)) for a, b, _ in global_pass(table, cfg)}
+
+    assert linked()  # the default global_scale 2: the pass links a clear match up to 0.2
+    assert linked(global_scale=1.8)
+    assert not linked(global_scale=1.0)  # the pass bound by the threshold itself
+    assert not linked(global_scale=1.4)  # 0.14 < 0.15
+    assert len(relations_for_range(table, 0, 4, LinkConfig(window=4, stride=2, threshold=0.1))) == 0  # ranges: 0.1
+    assert LinkConfig(threshold=0.05, global_scale=3).global_threshold == pytest.approx(0.15)
+    with pytest.raises(CionError, match="link.global_scale"):
+        LinkConfig(global_scale=0.5)
 
 
 def test_global_pass_searched_in_chunks_equals_one_search():

@@ -66,19 +66,25 @@ class LinkConfig:
     """L3: ranges of `window` videos every `stride` videos; a relation joins identities of different
     videos that are mutual `k`-nearest neighbours closer than `threshold`; the global pass adds
     pairs that are each other's nearest identity of another video in the whole corpus, closer than
-    `threshold` and clear by `global_ratio` (linking.relations); components whose members lie
-    farther than `drift` from their centroid are split; identities with fewer than `min_images`
-    samples are dropped at the end."""
+    `global_scale` x `threshold` and clear by `global_ratio` (linking.relations); components whose
+    members lie farther than `drift` from their centroid are split; identities with fewer than
+    `min_images` samples are dropped at the end."""
 
     window: int = 6  # videos per sliding range (W)
     stride: int = 3  # videos between range starts (S, 1 <= S < W)
     k: int = 2  # identities of different videos link only as mutual k-nearest neighbours
     threshold: float = 0.08  # ... and closer than this
-    global_ratio: float = 0.8  # global pass: identities that are each other's nearest of another video in the whole corpus link when closer than the threshold and than this x the runner-up's distance; 0: off
+    global_ratio: float = 0.8  # global pass: identities that are each other's nearest of another video in the whole corpus link when closer than global_scale x threshold and than this x the runner-up's distance; 0: off
+    global_scale: float = 2.0  # global pass: its distance limit is this x threshold (its mutual-nearest and ratio tests are stricter than a range's mutual k-NN, so it may reach further)
     global_max: int = 200_000  # the global pass runs on corpora of at most this many identities (its cost grows as their square); above, it is skipped and the report says so
     drift: float = 0.08  # linked components with members farther than this from their centroid are split
     min_images: int = 8  # identities with fewer samples are dropped at the end
     use_gpu: bool = False  # neighbour search on a GPU (faiss) when there is one
+
+    @property
+    def global_threshold(self) -> float:
+        """The global pass's distance limit."""
+        return self.global_scale * self.threshold
 
     def __post_init__(self):
         require(self.window >= 2, "link.window", ">= 2 (videos per range)", self.window)
@@ -88,6 +94,7 @@ class LinkConfig:
         require(self.threshold > 0, "link.threshold", "> 0", self.threshold)
         require(0 <= self.global_ratio <= 1, "link.global_ratio", "in [0, 1] (0 turns the global pass off)",
                 self.global_ratio)
+        require(self.global_scale >= 1, "link.global_scale", ">= 1 (a multiple of link.threshold)", self.global_scale)
         require(self.global_max >= 0, "link.global_max", ">= 0", self.global_max)
         require(self.drift > 0, "link.drift", "> 0", self.drift)
         require(self.min_images >= 1, "link.min_images", ">= 1", self.min_images)

@@ -141,7 +141,8 @@ def global_pass(table: IdentityTable, cfg: LinkConfig) -> np.ndarray:
     """The global pass's relations over every identity of the table (none when it does not run)."""
     if not global_pass_runs(len(table.counts), cfg):
         return np.zeros((0, 3))
-    return global_relations(table.centroids, table.video_pos, cfg.threshold, cfg.global_ratio, cfg.use_gpu)
+    return global_relations(table.centroids, table.video_pos, cfg.global_threshold, cfg.global_ratio,
+                            cfg.use_gpu)
 
 
 def link_table(table: IdentityTable, cfg: LinkConfig) -> list[np.ndarray]:

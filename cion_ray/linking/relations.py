@@ -5,12 +5,16 @@ Identity centroids are L2-normalised, so cosine distance d = 1 - <a, b>.
   inside one range  a pair (a, b) is a linking relation when each is among the other's k
                     nearest identities from other videos and d < threshold;
   over the corpus   the global pass: a and b are each other's single nearest identity of
-                    another video in the whole corpus, d < threshold, and the match is clear:
-                    for both ends, d < ratio x the distance to the nearest candidate from a
-                    third video (neither end's own). A person seen in videos far apart in the
-                    order links here, which no sliding range can do; the ratio test keeps out
-                    look-alikes, whose runner-up is nearly as close (more of them in a larger
-                    corpus, so the pass grows stricter as the corpus grows).
+                    another video in the whole corpus, d < its threshold, and the match is
+                    clear: for both ends, d < ratio x the distance to the nearest candidate
+                    from a third video (neither end's own). A person seen in videos far apart
+                    in the order links here, which no sliding range can do; the ratio test
+                    keeps out look-alikes, whose runner-up is nearly as close (more of them in
+                    a larger corpus, so the pass grows stricter as the corpus grows). Being
+                    stricter than a range's mutual k-NN, it is given a looser distance limit
+                    (`link.global_scale` x `link.threshold`, 2x by default): a person whose
+                    views from two cameras differ more than the threshold still links when
+                    nobody else is near.
 
 Exact inner-product search with faiss (GPU index when asked). The global pass costs n^2 x D:
 the runtime splits its queries into chunks, one Ray task each, and skips the pass (saying so)

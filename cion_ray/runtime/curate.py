@@ -493,7 +493,7 @@ def _link(cfg: CurateConfig, table: IdentityTable, keys: Keys, log) -> tuple[lis
     if global_refs:
         parts = ray.get(global_refs)
         global_rel = clear_mutual_pairs(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                                        table.video_pos, cfg.link.threshold, cfg.link.global_ratio)
+                                        table.video_pos, cfg.link.global_threshold, cfg.link.global_ratio)
         _save_npy(global_uri, global_rel)
     # stored relative to the range's first identity: shift to global indices now
     out = []
