@@ -58,6 +58,9 @@ def test_track_then_curate_reaches_f1_on_default_world(curated):
     assert c["global_links"] > 0 and len(list((root / "out" / "relations").glob("global-*.npy"))) == 1
     text = (root / "out" / "report.txt").read_text()
     assert "L3" in text and "tracklet merges" in text and "found by the global pass" in text
+    # the global pass reaches link.global_scale x the (calibrated) link threshold, and the report says how far
+    limit = 2 * r.report["calibration"]["thresholds"]["threshold"]
+    assert c["global_limit"] == pytest.approx(limit) and f"closer than {limit:.3f})" in text
 
 
 def test_outputs_identities_json_market_and_sheet(curated):

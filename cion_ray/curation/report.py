@@ -85,7 +85,7 @@ def report_text(r: dict) -> str:
               f"L2: {c['merged']} tracklet merges, {c['reallocated']} samples reallocated, "
               f"{c['l2_samples_dropped']} samples dropped; {c['identities_after_l2']} identities",
               f"L3: {c.get('ranges', 0)} ranges ({c.get('ranges_reused', 0)} reused), {c.get('links', 0)} links "
-              f"({c.get('global_links', 0)} found by the global pass), "
+              f"({c.get('global_links', 0)} found by the global pass{_limit(c)}), "
               f"{c.get('components_split', 0)} components split, {c.get('unions_refused', 0)} unions refused, "
               f"{c.get('identities_dropped_small', 0)} identities under the minimum size dropped",
               f"out: {c['identities_out']} identities, {c['samples_out']} samples"]
@@ -95,6 +95,11 @@ def report_text(r: dict) -> str:
     if r.get("notes"):
         lines += [""] + [f"note: {n}" for n in r["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def _limit(counts: dict) -> str:
+    """The global pass's distance limit (link.global_scale x the link threshold), where recorded."""
+    return f", closer than {counts['global_limit']:.3f}" if "global_limit" in counts else ""
 
 
 def calibration_text(cal: dict) -> str:

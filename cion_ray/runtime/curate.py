@@ -603,7 +603,7 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
         lab[kept] = identity_of[table.offsets[i] + d["l2"][kept]]
         final.append(lab)
     link_counts = {"ranges": computed + reused, "ranges_reused": reused, "links": rstats.relations,
-                   "global_links": int(len(relations[-1])),
+                   "global_links": int(len(relations[-1])), "global_limit": round(cfg.link.global_threshold, 6),
                    "components_split": rstats.components_split, "unions_refused": rstats.unions_refused,
                    "identities_dropped_small": small}
     report = build_report(levels, final, link_counts)
