@@ -133,4 +133,4 @@ def test_unknown_metric_flag(tmp_path):
     spec, base = prepare(args)  # the shipped space is valid
     assert spec.metric == "nmi" and spec.trials == 3 and base.calibrate.enabled
     assert set(spec.keys) == {"denoise.radius", "denoise.merge", "link.threshold", "link.k", "link.drift",
-                              "link.global_ratio"}
+                              "link.global_ratio", "link.global_scale"}
