@@ -603,9 +603,11 @@ def run_curate(cfg: CurateConfig, overwrite: bool = False, address: str | None =
         lab[kept] = identity_of[table.offsets[i] + d["l2"][kept]]
         final.append(lab)
     link_counts = {"ranges": computed + reused, "ranges_reused": reused, "links": rstats.relations,
-                   "global_links": int(len(relations[-1])), "global_limit": round(cfg.link.global_threshold, 6),
+                   "global_links": int(len(relations[-1])),
                    "components_split": rstats.components_split, "unions_refused": rstats.unions_refused,
                    "identities_dropped_small": small}
+    if global_pass_runs(len(table.counts), cfg.link):  # how far it reached (none when off or skipped)
+        link_counts["global_limit"] = round(cfg.link.global_threshold, 6)
     report = build_report(levels, final, link_counts)
     report["calibration"] = cal.to_json()
     report["notes"] = notes
